@@ -1,0 +1,92 @@
+//! `meshlite-injector`: parse flags, install the crypto provider, serve the webhook.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use k8s_openapi::api::core::v1::Namespace;
+use meshlite_injector::metrics::Metrics;
+use meshlite_injector::tls::ReloadingCert;
+use meshlite_injector::webhook::KubeNamespaces;
+use meshlite_injector::{InjectorConfig, Webhook, server};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshlite-injector",
+    version,
+    about = "meshlite's mutating admission webhook"
+)]
+struct Args {
+    /// Address to serve HTTPS on.
+    #[arg(long, env = "MESHLITE_INJECTOR_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], meshlite_contract::INJECTOR_PORT)))]
+    listen: SocketAddr,
+    /// PEM certificate chain of the webhook's serving certificate.
+    #[arg(long, env = "MESHLITE_INJECTOR_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// PEM private key of the serving certificate.
+    #[arg(long, env = "MESHLITE_INJECTOR_TLS_KEY")]
+    tls_key: PathBuf,
+    /// Injector config file (YAML or JSON); defaults apply without one.
+    #[arg(long, env = "MESHLITE_INJECTOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// How often to check the certificate files for changes.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    cert_reload_interval: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    // One provider for the whole process (kube's client included); a second
+    // install can only fail if something already installed aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = Args::parse();
+
+    let config = match &args.config {
+        Some(path) => InjectorConfig::load(path)?,
+        None => InjectorConfig::default(),
+    };
+    let cert = ReloadingCert::new(args.tls_cert.clone(), args.tls_key.clone())?;
+    let tls = cert.server_config()?;
+    tokio::spawn(
+        cert.clone()
+            .watch(Duration::from_secs(args.cert_reload_interval.max(1))),
+    );
+
+    let client = kube::Client::try_default()
+        .await
+        .context("building the Kubernetes client")?;
+    let hook = Webhook {
+        config: Arc::new(config),
+        namespaces: Arc::new(KubeNamespaces(kube::Api::<Namespace>::all(client))),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "serving the admission webhook");
+    server::serve(listener, tls, hook.router(), shutdown()).await;
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,44 @@
+//! The injector's Prometheus metrics: one counter of reviews by outcome.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// Counters shared by every request.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reviews: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("meshlite_injector");
+        let reviews = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "reviews",
+            "Admission reviews answered, by outcome (injected, skipped_*, ignored, denied, invalid, unreadable, error)",
+            reviews.clone(),
+        );
+        Metrics { registry, reviews }
+    }
+}
+
+impl Metrics {
+    pub fn review(&self, outcome: &'static str) {
+        self.reviews.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Prometheus/OpenMetrics text.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

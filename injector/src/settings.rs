@@ -1,0 +1,224 @@
+//! Per-pod settings read from annotations: inbound mode and the skip lists.
+//!
+//! Each setting is looked up on the pod first and on its namespace second (the
+//! pod wins, DESIGN.md section 3), then validated, so a typo in an annotation
+//! denies the pod with a reason instead of silently meshing it differently.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use meshlite_contract::{
+    MODE_ANNOTATION, Mode, SKIP_INBOUND_PORTS_ANNOTATION, SKIP_OUTBOUND_CIDRS_ANNOTATION,
+    SKIP_OUTBOUND_PORTS_ANNOTATION,
+};
+
+/// Annotations of one object, as the Kubernetes types carry them.
+pub type Annotations = BTreeMap<String, String>;
+
+/// The resolved, validated settings of one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSettings {
+    pub mode: Mode,
+    pub skip_inbound_ports: Vec<u16>,
+    pub skip_outbound_ports: Vec<u16>,
+    /// CIDRs in canonical `addr/len` text, IPv4 and IPv6 mixed.
+    pub skip_outbound_cidrs: Vec<String>,
+}
+
+/// An annotation whose value cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {annotation}={value:?} (from the {source_kind}): {reason}")]
+pub struct SettingsError {
+    pub annotation: &'static str,
+    pub value: String,
+    /// `pod` or `namespace`: where the bad value came from.
+    pub source_kind: &'static str,
+    pub reason: String,
+}
+
+impl PodSettings {
+    /// Resolves the settings: pod annotation, else namespace annotation, else default.
+    pub fn resolve(
+        pod: &Annotations,
+        namespace: &Annotations,
+        default_mode: Mode,
+    ) -> Result<Self, SettingsError> {
+        let mode = match lookup(MODE_ANNOTATION, pod, namespace) {
+            None => default_mode,
+            Some((value, src)) => value.parse().map_err(|e: meshlite_contract::InvalidMode| {
+                error(MODE_ANNOTATION, value, src, e.to_string())
+            })?,
+        };
+        Ok(PodSettings {
+            mode,
+            skip_inbound_ports: ports(SKIP_INBOUND_PORTS_ANNOTATION, pod, namespace)?,
+            skip_outbound_ports: ports(SKIP_OUTBOUND_PORTS_ANNOTATION, pod, namespace)?,
+            skip_outbound_cidrs: cidrs(SKIP_OUTBOUND_CIDRS_ANNOTATION, pod, namespace)?,
+        })
+    }
+}
+
+fn lookup<'a>(
+    key: &str,
+    pod: &'a Annotations,
+    namespace: &'a Annotations,
+) -> Option<(&'a str, &'static str)> {
+    pod.get(key)
+        .map(|v| (v.as_str(), "pod"))
+        .or_else(|| namespace.get(key).map(|v| (v.as_str(), "namespace")))
+}
+
+fn error(
+    annotation: &'static str,
+    value: &str,
+    src: &'static str,
+    reason: String,
+) -> SettingsError {
+    SettingsError {
+        annotation,
+        value: value.to_string(),
+        source_kind: src,
+        reason,
+    }
+}
+
+/// Splits a comma-separated list, ignoring blanks so `"80, 443,"` is fine.
+fn items(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn ports(
+    key: &'static str,
+    pod: &Annotations,
+    namespace: &Annotations,
+) -> Result<Vec<u16>, SettingsError> {
+    let Some((value, src)) = lookup(key, pod, namespace) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in items(value) {
+        match item.parse::<u16>() {
+            Ok(port) if port != 0 => {
+                if !out.contains(&port) {
+                    out.push(port);
+                }
+            }
+            _ => {
+                return Err(error(
+                    key,
+                    value,
+                    src,
+                    format!("{item:?} is not a port (1-65535)"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cidrs(
+    key: &'static str,
+    pod: &Annotations,
+    namespace: &Annotations,
+) -> Result<Vec<String>, SettingsError> {
+    let Some((value, src)) = lookup(key, pod, namespace) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in items(value) {
+        let cidr = parse_cidr(item).ok_or_else(|| {
+            error(
+                key,
+                value,
+                src,
+                format!("{item:?} is not a CIDR like 10.0.0.0/8 or fd00::/8"),
+            )
+        })?;
+        if !out.contains(&cidr) {
+            out.push(cidr);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `addr/len` (or a bare address, meaning a single host) into canonical text.
+fn parse_cidr(s: &str) -> Option<String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some(format!("{addr}/{len}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> Annotations {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pod_annotation_wins_over_namespace_and_namespace_over_default() {
+        let ns = ann(&[
+            (MODE_ANNOTATION, "strict"),
+            (SKIP_INBOUND_PORTS_ANNOTATION, "9000"),
+        ]);
+        let pod = ann(&[(MODE_ANNOTATION, "permissive")]);
+        let s = PodSettings::resolve(&pod, &ns, Mode::Permissive).unwrap();
+        assert_eq!(s.mode, Mode::Permissive);
+        assert_eq!(s.skip_inbound_ports, vec![9000]);
+        let s = PodSettings::resolve(&Annotations::new(), &ns, Mode::Permissive).unwrap();
+        assert_eq!(s.mode, Mode::Strict);
+        let s =
+            PodSettings::resolve(&Annotations::new(), &Annotations::new(), Mode::Strict).unwrap();
+        assert_eq!(s.mode, Mode::Strict);
+        assert!(s.skip_outbound_cidrs.is_empty());
+    }
+
+    #[test]
+    fn lists_tolerate_spaces_blanks_and_duplicates() {
+        let pod = ann(&[
+            (SKIP_OUTBOUND_PORTS_ANNOTATION, " 5432, 6379,,5432 "),
+            (
+                SKIP_OUTBOUND_CIDRS_ANNOTATION,
+                "10.0.0.0/8, fd00::/8,169.254.169.254",
+            ),
+        ]);
+        let s = PodSettings::resolve(&pod, &Annotations::new(), Mode::Permissive).unwrap();
+        assert_eq!(s.skip_outbound_ports, vec![5432, 6379]);
+        assert_eq!(
+            s.skip_outbound_cidrs,
+            vec!["10.0.0.0/8", "fd00::/8", "169.254.169.254/32"]
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_annotation_value_and_source() {
+        let cases = [
+            (MODE_ANNOTATION, "STRICT"),
+            (SKIP_INBOUND_PORTS_ANNOTATION, "80,http"),
+            (SKIP_OUTBOUND_PORTS_ANNOTATION, "0"),
+            (SKIP_OUTBOUND_PORTS_ANNOTATION, "70000"),
+            (SKIP_OUTBOUND_CIDRS_ANNOTATION, "10.0.0.0/33"),
+            (SKIP_OUTBOUND_CIDRS_ANNOTATION, "10.0.0.0/8;rm -rf"),
+        ];
+        for (key, value) in cases {
+            let err =
+                PodSettings::resolve(&Annotations::new(), &ann(&[(key, value)]), Mode::Permissive)
+                    .unwrap_err();
+            assert_eq!(err.annotation, key);
+            assert_eq!(err.source_kind, "namespace");
+            assert!(err.to_string().contains(value), "{err}");
+        }
+    }
+}

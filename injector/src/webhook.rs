@@ -1,0 +1,218 @@
+//! The webhook's async shell: read the review, fetch the namespace, call the
+//! pure [`mutate`](crate::mutate::mutate), answer. Also the HTTP routes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::Namespace;
+
+use crate::config::InjectorConfig;
+use crate::metrics::Metrics;
+use crate::mutate::{Decision, MutateError, mutate, skip_reason};
+use crate::review::{self, AdmissionReviewResponse, ReviewError};
+use crate::settings::Annotations;
+
+/// Largest request body accepted. The API server caps an object at about 1.5 MiB
+/// in etcd (3 MiB per request); a review wraps at most two copies.
+pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+
+/// A failed namespace lookup.
+#[derive(Debug, thiserror::Error)]
+#[error("reading namespace {namespace}: {reason}")]
+pub struct LookupError {
+    pub namespace: String,
+    pub reason: String,
+}
+
+/// Boxed future returned by [`NamespaceLookup`].
+pub type LookupFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Annotations, LookupError>> + Send + 'a>>;
+
+/// Where the webhook reads a namespace's annotations; tests pass a map.
+pub trait NamespaceLookup: Send + Sync + 'static {
+    fn annotations<'a>(&'a self, namespace: &'a str) -> LookupFuture<'a>;
+}
+
+/// The real lookup: `GET /api/v1/namespaces/{name}`.
+#[derive(Clone)]
+pub struct KubeNamespaces(pub kube::Api<Namespace>);
+
+impl std::fmt::Debug for KubeNamespaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeNamespaces")
+    }
+}
+
+impl NamespaceLookup for KubeNamespaces {
+    fn annotations<'a>(&'a self, namespace: &'a str) -> LookupFuture<'a> {
+        Box::pin(async move {
+            let ns = self.0.get(namespace).await.map_err(|e| LookupError {
+                namespace: namespace.to_string(),
+                reason: e.to_string(),
+            })?;
+            Ok(ns.metadata.annotations.unwrap_or_default())
+        })
+    }
+}
+
+/// A fixed map of namespace → annotations; unknown namespaces fail like a 404.
+#[derive(Debug, Clone, Default)]
+pub struct StaticNamespaces(pub std::collections::BTreeMap<String, Annotations>);
+
+impl NamespaceLookup for StaticNamespaces {
+    fn annotations<'a>(&'a self, namespace: &'a str) -> LookupFuture<'a> {
+        let found = self.0.get(namespace).cloned().ok_or_else(|| LookupError {
+            namespace: namespace.to_string(),
+            reason: "not found".into(),
+        });
+        Box::pin(std::future::ready(found))
+    }
+}
+
+/// What the webhook needs to answer.
+#[derive(Clone)]
+pub struct Webhook {
+    pub config: Arc<InjectorConfig>,
+    pub namespaces: Arc<dyn NamespaceLookup>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to one POST: HTTP status and JSON or text body, plus its metric label.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Review(AdmissionReviewResponse, &'static str),
+    BadRequest(String),
+}
+
+impl Webhook {
+    /// Answers one request body. Never panics on input.
+    pub async fn answer(&self, body: &[u8]) -> Answer {
+        let request = match review::parse(body) {
+            Ok(r) => r,
+            Err((None, e)) => return Answer::BadRequest(e.to_string()),
+            Err((Some(uid), e)) => {
+                return Answer::Review(
+                    AdmissionReviewResponse::deny(&uid, 400, e.to_string()),
+                    "invalid",
+                );
+            }
+        };
+        let uid = request.uid.as_str();
+        if !request.is_pod_create() {
+            // Not ours to judge: the webhook configuration should not send these.
+            return Answer::Review(AdmissionReviewResponse::allow(uid), "ignored");
+        }
+        let pod = match request.pod() {
+            Ok(p) => p,
+            Err(e) => {
+                return Answer::Review(
+                    AdmissionReviewResponse::deny(uid, 400, e.to_string()),
+                    "invalid",
+                );
+            }
+        };
+        if let Some(reason) = skip_reason(&pod) {
+            return Answer::Review(AdmissionReviewResponse::allow(uid), reason.label());
+        }
+        let Some(namespace) = request
+            .namespace
+            .clone()
+            .or_else(|| pod.metadata.namespace.clone())
+        else {
+            let e = ReviewError::BadRequest("no namespace in request or pod".into());
+            return Answer::Review(
+                AdmissionReviewResponse::deny(uid, 400, e.to_string()),
+                "invalid",
+            );
+        };
+        let ns_annotations = match self.namespaces.annotations(&namespace).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Deny rather than guess: a namespace in strict mode must not get a
+                // permissive proxy because the API server hiccupped. The pod's
+                // controller retries the create.
+                tracing::warn!(%namespace, error = %e, "namespace lookup failed");
+                return Answer::Review(
+                    AdmissionReviewResponse::deny(uid, 503, e.to_string()),
+                    "error",
+                );
+            }
+        };
+        match mutate(&pod, &ns_annotations, &self.config) {
+            Ok(Decision::Skip(reason)) => {
+                Answer::Review(AdmissionReviewResponse::allow(uid), reason.label())
+            }
+            Ok(Decision::Inject(patch)) => match AdmissionReviewResponse::patch(uid, &patch) {
+                Ok(r) => Answer::Review(r, "injected"),
+                Err(e) => Answer::Review(
+                    AdmissionReviewResponse::deny(uid, 500, e.to_string()),
+                    "error",
+                ),
+            },
+            Err(e @ MutateError::Serialize(_)) => Answer::Review(
+                AdmissionReviewResponse::deny(uid, 500, e.to_string()),
+                "error",
+            ),
+            Err(e) => Answer::Review(
+                AdmissionReviewResponse::deny(uid, 400, e.to_string()),
+                "denied",
+            ),
+        }
+    }
+
+    /// The HTTP routes: `POST /mutate`, `GET /healthz`, `GET /metrics`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/mutate", post(mutate_handler))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", get(metrics_handler))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self)
+    }
+}
+
+async fn mutate_handler(State(hook): State<Webhook>, body: Bytes) -> Response {
+    let answer = hook.answer(&body).await;
+    match answer {
+        Answer::Review(review, label) => {
+            hook.metrics.review(label);
+            match serde_json::to_vec(&review) {
+                Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            }
+        }
+        Answer::BadRequest(msg) => {
+            hook.metrics.review("unreadable");
+            (StatusCode::BAD_REQUEST, msg).into_response()
+        }
+    }
+}
+
+async fn metrics_handler(State(hook): State<Webhook>) -> Response {
+    match hook.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
