@@ -1,0 +1,212 @@
+//! The redirect rules as `iptables-restore` text: a pure function of the
+//! [`RuleConfig`], one text per IP family.
+//!
+//! Everything lives in two chains of the `nat` table that we own:
+//!
+//! - `MESHLITE_OUTPUT`, jumped to from `OUTPUT`: the pod's own TCP connections go
+//!   to the outbound port, except the proxy's own (by UID, so it can reach the
+//!   real destination), loopback destinations, skipped ports and skipped CIDRs.
+//! - `MESHLITE_INBOUND`, jumped to from `PREROUTING`: TCP arriving at the pod
+//!   goes to the inbound port, except the admin port (kubelet probes) and the
+//!   skipped inbound ports.
+//!
+//! The text is applied with `--noflush`: declaring our chains flushes them, and
+//! the two jumps are only added when the current table lacks them, so running
+//! init twice leaves exactly one set of rules and touches nothing else.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// Chain for outbound (locally generated) connections.
+pub const OUTPUT_CHAIN: &str = "MESHLITE_OUTPUT";
+/// Chain for inbound connections.
+pub const INBOUND_CHAIN: &str = "MESHLITE_INBOUND";
+
+/// IP family of a rule set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+}
+
+/// A CIDR such as `10.0.0.0/8` or `fd00::/8`; a bare address means one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn family(&self) -> Family {
+        if self.addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A CIDR that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CIDR {0:?}: expected ADDRESS/PREFIX, e.g. 10.0.0.0/8 or fd00::/8")]
+pub struct InvalidCidr(pub String);
+
+impl FromStr for Cidr {
+    type Err = InvalidCidr;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InvalidCidr(s.to_string());
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+/// What the rules redirect and what they exempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleConfig {
+    pub proxy_uid: u32,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub admin_port: u16,
+    pub skip_inbound_ports: Vec<u16>,
+    pub skip_outbound_ports: Vec<u16>,
+    pub skip_outbound_cidrs: Vec<Cidr>,
+}
+
+impl Default for RuleConfig {
+    fn default() -> Self {
+        RuleConfig {
+            proxy_uid: meshlite_contract::PROXY_UID,
+            outbound_port: meshlite_contract::OUTBOUND_PORT,
+            inbound_port: meshlite_contract::INBOUND_PORT,
+            admin_port: meshlite_contract::ADMIN_PORT,
+            skip_inbound_ports: Vec::new(),
+            skip_outbound_ports: Vec::new(),
+            skip_outbound_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// The jump from `OUTPUT` into our chain, exactly as `iptables-save` prints it.
+pub fn output_jump() -> String {
+    format!("-A OUTPUT -p tcp -j {OUTPUT_CHAIN}")
+}
+
+/// The jump from `PREROUTING` into our chain, exactly as `iptables-save` prints it.
+pub fn inbound_jump() -> String {
+    format!("-A PREROUTING -p tcp -j {INBOUND_CHAIN}")
+}
+
+/// The `iptables-restore --noflush` input for `family`. `current_nat` is the
+/// current `iptables-save -t nat` output (empty for a fresh namespace); jumps
+/// already in it are not added again.
+pub fn render(cfg: &RuleConfig, family: Family, current_nat: &str) -> String {
+    let mut out = String::new();
+    // `writeln!` into a String cannot fail.
+    let mut line = |s: String| {
+        let _ = writeln!(out, "{s}");
+    };
+    line("*nat".into());
+    for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
+        line(format!(":{chain} - [0:0]"));
+    }
+    // The declarations above flush existing chains in iptables-legacy, but
+    // flushing explicitly makes it hold for every backend.
+    for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
+        line(format!("-F {chain}"));
+    }
+
+    // Inbound: the admin port stays reachable for kubelet probes.
+    let mut inbound_skips = vec![cfg.admin_port];
+    inbound_skips.extend(
+        cfg.skip_inbound_ports
+            .iter()
+            .copied()
+            .filter(|p| *p != cfg.admin_port),
+    );
+    for port in inbound_skips {
+        line(format!(
+            "-A {INBOUND_CHAIN} -p tcp -m tcp --dport {port} -j RETURN"
+        ));
+    }
+    line(format!(
+        "-A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+        cfg.inbound_port
+    ));
+
+    // Outbound: the proxy's own connections first, or it would loop into itself.
+    line(format!(
+        "-A {OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
+        cfg.proxy_uid
+    ));
+    line(format!(
+        "-A {OUTPUT_CHAIN} -d {} -j RETURN",
+        family.loopback()
+    ));
+    for port in &cfg.skip_outbound_ports {
+        line(format!(
+            "-A {OUTPUT_CHAIN} -p tcp -m tcp --dport {port} -j RETURN"
+        ));
+    }
+    for cidr in cfg
+        .skip_outbound_cidrs
+        .iter()
+        .filter(|c| c.family() == family)
+    {
+        line(format!("-A {OUTPUT_CHAIN} -d {cidr} -j RETURN"));
+    }
+    line(format!(
+        "-A {OUTPUT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+        cfg.outbound_port
+    ));
+
+    for jump in [inbound_jump(), output_jump()] {
+        if !has_line(current_nat, &jump) {
+            line(jump);
+        }
+    }
+    line("COMMIT".into());
+    out
+}
+
+fn has_line(text: &str, wanted: &str) -> bool {
+    text.lines().any(|l| l.trim_end() == wanted)
+}
+
+/// The rules of our chains and jumps in `iptables-save` output, in order; used
+/// to compare runs and by tests.
+pub fn our_rules(save_output: &str) -> Vec<String> {
+    save_output
+        .lines()
+        .filter(|l| l.starts_with("-A ") && (l.contains(OUTPUT_CHAIN) || l.contains(INBOUND_CHAIN)))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
