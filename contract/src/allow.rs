@@ -111,18 +111,13 @@ impl fmt::Display for AllowPattern {
 }
 
 /// A parsed allow list.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AllowList {
     /// No allow list configured: any identity in the local trust domain.
+    #[default]
     AnyInTrustDomain,
     /// Only identities matching one of these entries (none: nobody).
     Only(Vec<AllowPattern>),
-}
-
-impl Default for AllowList {
-    fn default() -> Self {
-        AllowList::AnyInTrustDomain
-    }
 }
 
 impl AllowList {

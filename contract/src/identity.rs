@@ -11,9 +11,13 @@ use std::str::FromStr;
 pub enum IdentityError {
     #[error("{0:?} is not a spiffe:// URI")]
     NotSpiffe(String),
-    #[error("invalid trust domain {0:?}: use lowercase letters, digits, '.', '-' and '_' (at most 255 characters)")]
+    #[error(
+        "invalid trust domain {0:?}: use lowercase letters, digits, '.', '-' and '_' (at most 255 characters)"
+    )]
     TrustDomain(String),
-    #[error("{0:?} does not have the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
+    #[error(
+        "{0:?} does not have the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+    )]
     Shape(String),
     #[error("invalid namespace {0:?}: it must be a DNS-1123 label")]
     Namespace(String),
@@ -76,7 +80,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -136,7 +141,13 @@ impl FromStr for SpiffeId {
             .ok_or_else(|| IdentityError::Shape(s.to_string()))?;
         let trust_domain = TrustDomain::new(td)?;
         let mut parts = path.split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => {
                 SpiffeId::new(trust_domain, ns, sa)
             }

@@ -1,1 +1,248 @@
-fn main() {}
+//! `meshlite-proxy`: `run` the sidecar, or `init` the pod's iptables rules.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meshlite_contract::{Mode, TrustDomain, env};
+use meshlite_proxy::config::{
+    Config, CredSource, InboundConfig, OutboundConfig, OutboundMode, PolicySource, Target,
+    Timeouts, parse_duration,
+};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshlite-proxy",
+    version,
+    about = "meshlite's per-pod mTLS sidecar"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run(Box<RunArgs>),
+    /// Install the pod's iptables redirect rules.
+    Init(meshlite_proxy::init::InitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// SPIFFE trust domain.
+    #[arg(long, env = env::TRUST_DOMAIN, default_value = meshlite_contract::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: TrustDomain,
+    /// Inbound mode for connections that are not mesh mTLS: permissive or strict.
+    #[arg(long, env = env::MODE, default_value = "permissive")]
+    mode: Mode,
+    /// Outbound mode: permissive (fall back to plaintext), strict, or disabled.
+    #[arg(long, env = env::OUTBOUND_MODE, default_value = "permissive")]
+    outbound_mode: OutboundMode,
+    /// Outbound listen addresses (repeatable). Default: 127.0.0.1:15001 and [::1]:15001 if IPv6 is up.
+    #[arg(long)]
+    outbound_listen: Vec<SocketAddr>,
+    /// Inbound listen addresses (repeatable). Default: 0.0.0.0:15006 and [::]:15006 if IPv6 is up.
+    #[arg(long)]
+    inbound_listen: Vec<SocketAddr>,
+    /// Explicit mode: send every outbound connection to this address, not SO_ORIGINAL_DST.
+    #[arg(long)]
+    outbound_upstream: Option<SocketAddr>,
+    /// Explicit mode: send every inbound connection to this address, not SO_ORIGINAL_DST.
+    #[arg(long)]
+    inbound_backend: Option<SocketAddr>,
+    /// Do not run the outbound listener.
+    #[arg(long)]
+    no_outbound: bool,
+    /// Do not run the inbound listener.
+    #[arg(long)]
+    no_inbound: bool,
+    /// Admin listen address (/live, /ready, /metrics).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    admin_listen: SocketAddr,
+    /// Workload certificate chain (PEM), reloaded when it changes.
+    #[arg(long, requires_all = ["key", "trust_bundle"])]
+    cert: Option<PathBuf>,
+    /// Workload private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Trust bundle (PEM list of roots).
+    #[arg(long, env = env::TRUST_BUNDLE_FILE)]
+    trust_bundle: Option<PathBuf>,
+    /// Allow list value (the meshlite.io/allow syntax), fixed.
+    #[arg(long, conflicts_with_all = ["allow_file", "annotations_file"])]
+    allow: Option<String>,
+    /// File holding the allow list value, reloaded when it changes.
+    #[arg(long, conflicts_with = "annotations_file")]
+    allow_file: Option<PathBuf>,
+    /// Downward-API annotations file; meshlite.io/allow is read from it live.
+    #[arg(long, env = env::ANNOTATIONS_FILE)]
+    annotations_file: Option<PathBuf>,
+    /// How long to wait for a client's first bytes before treating it as
+    /// plaintext. Unmeshed clients of server-first protocols wait this long.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    detect_timeout: Duration,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Close connections idle this long.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// On SIGTERM, how long established connections may continue.
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Most connections open at once; more are refused and counted.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// How long a destination that failed mTLS is remembered as unmeshed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    fallback_ttl: Duration,
+    /// How often credential and policy files are checked for changes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    reload_interval: Duration,
+    /// The application's original probes (JSON, written by the injector).
+    #[arg(long, env = env::APP_PROBES)]
+    app_probes: Option<String>,
+    /// Log format: plain or json.
+    #[arg(long, env = env::LOG_FORMAT, default_value = "plain")]
+    log_format: String,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 2)]
+    worker_threads: usize,
+}
+
+fn ipv6_available() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+impl RunArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let v6 = ipv6_available();
+        let defaults = |given: Vec<SocketAddr>, v4: SocketAddr, v6addr: SocketAddr| {
+            if !given.is_empty() {
+                given
+            } else if v6 {
+                vec![v4, v6addr]
+            } else {
+                vec![v4]
+            }
+        };
+        let port = |p| move |ip: std::net::IpAddr| SocketAddr::new(ip, p);
+        let out_port = port(meshlite_contract::OUTBOUND_PORT);
+        let in_port = port(meshlite_contract::INBOUND_PORT);
+        let outbound = (!self.no_outbound).then(|| OutboundConfig {
+            listen: defaults(
+                self.outbound_listen,
+                out_port([127, 0, 0, 1].into()),
+                out_port(std::net::Ipv6Addr::LOCALHOST.into()),
+            ),
+            target: self
+                .outbound_upstream
+                .map_or(Target::OriginalDst, Target::Fixed),
+            mode: self.outbound_mode,
+        });
+        let inbound = (!self.no_inbound).then(|| InboundConfig {
+            listen: defaults(
+                self.inbound_listen,
+                in_port([0, 0, 0, 0].into()),
+                in_port(std::net::Ipv6Addr::UNSPECIFIED.into()),
+            ),
+            target: self
+                .inbound_backend
+                .map_or(Target::OriginalDst, Target::Fixed),
+            mode: self.mode,
+        });
+        let creds = match (self.cert, self.key, self.trust_bundle) {
+            (Some(cert), Some(key), Some(bundle)) => CredSource::Files { cert, key, bundle },
+            _ => anyhow::bail!(
+                "no credential source: pass --cert, --key and --trust-bundle (PEM files)"
+            ),
+        };
+        let policy = match (self.allow, self.allow_file, self.annotations_file) {
+            (Some(v), _, _) => PolicySource::Static(v),
+            (_, Some(p), _) => PolicySource::File(p),
+            (_, _, Some(p)) => PolicySource::Annotations(p),
+            _ => PolicySource::None,
+        };
+        Ok(Config {
+            trust_domain: self.trust_domain,
+            inbound,
+            outbound,
+            admin: Some(self.admin_listen),
+            timeouts: Timeouts {
+                detect: self.detect_timeout,
+                connect: self.connect_timeout,
+                handshake: self.handshake_timeout,
+                idle: self.idle_timeout,
+                drain: self.drain_timeout,
+            },
+            max_connections: self.max_connections,
+            fallback_ttl: self.fallback_ttl,
+            creds,
+            policy,
+            reload_interval: self.reload_interval,
+            app_probes: self.app_probes,
+        })
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init(args) => meshlite_proxy::init::run(&args),
+        Command::Run(args) => {
+            init_logging(&args.log_format);
+            meshlite_proxy::tls::install_provider();
+            let workers = args.worker_threads.max(1);
+            let config = args.into_config()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .context("building the tokio runtime")?;
+            rt.block_on(async {
+                let bound = meshlite_proxy::Proxy::new(config)
+                    .bind()
+                    .await
+                    .context("binding listeners")?;
+                tracing::info!(
+                    outbound = ?bound.outbound_addrs(),
+                    inbound = ?bound.inbound_addrs(),
+                    admin = ?bound.admin_addr(),
+                    "meshlite-proxy listening"
+                );
+                bound.run(shutdown_signal()).await;
+                Ok(())
+            })
+        }
+    }
+}

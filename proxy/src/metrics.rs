@@ -1,0 +1,220 @@
+//! The proxy's Prometheus metrics, served on the admin port at `/metrics`.
+//!
+//! Every refusal has a counter with a reason label, so an operator can tell a
+//! policy denial from a bad certificate from an overloaded proxy without logs.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Which listener a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// Which side of the connection sent the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// The side that opened the connection.
+    Client,
+    /// The side the connection was opened to.
+    Server,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
+    }
+}
+
+impl EncodeLabelValue for Peer {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Peer::Client => "client",
+            Peer::Server => "server",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub direction: Direction,
+    /// `mtls` or `plaintext`.
+    pub tls: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub direction: Direction,
+    pub sender: Peer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub direction: Direction,
+    /// The peer's SPIFFE ID. Cardinality is the number of workload identities
+    /// this pod talks to, not the number of pods.
+    pub peer_identity: String,
+    /// Whether the TLS session was resumed from a ticket.
+    pub resumed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// All of the proxy's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub conn_opened: Family<ConnLabels, Counter>,
+    pub conn_closed: Family<ConnLabels, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub plaintext: Family<ReasonLabels, Counter>,
+    pub handshake_failures: Family<ReasonLabels, Counter>,
+    pub refused: Family<ReasonLabels, Counter>,
+    pub policy_denials: Counter,
+    pub mtls_peers: Family<PeerLabels, Counter>,
+    pub cert_not_after: Gauge,
+    pub cred_reloads: Family<ResultLabels, Counter>,
+    pub policy_reloads: Family<ResultLabels, Counter>,
+    pub fallback_cache_size: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("meshlite");
+        let m = Metrics {
+            conn_opened: Family::default(),
+            conn_closed: Family::default(),
+            bytes: Family::default(),
+            plaintext: Family::default(),
+            handshake_failures: Family::default(),
+            refused: Family::default(),
+            policy_denials: Counter::default(),
+            mtls_peers: Family::default(),
+            cert_not_after: Gauge::default(),
+            cred_reloads: Family::default(),
+            policy_reloads: Family::default(),
+            fallback_cache_size: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "tcp_connections_opened",
+            "TCP connections accepted, by direction and whether they are mTLS",
+            m.conn_opened.clone(),
+        );
+        registry.register(
+            "tcp_connections_closed",
+            "TCP connections closed, by direction and whether they were mTLS",
+            m.conn_closed.clone(),
+        );
+        registry.register(
+            "tcp_bytes",
+            "Bytes relayed, by direction and by the side that sent them",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "plaintext_connections",
+            "Connections relayed without mTLS, by reason (not_meshed, other_tls, detect_timeout, disabled, ...)",
+            m.plaintext.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Failed mTLS handshakes, by reason",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "refused_connections",
+            "Connections refused, by reason (max_connections, strict_plaintext, no_credentials, ...)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "policy_denials",
+            "Inbound mTLS connections refused by the allow list",
+            m.policy_denials.clone(),
+        );
+        registry.register(
+            "mtls_connections",
+            "Established mTLS connections, by direction, peer identity and resumption",
+            m.mtls_peers.clone(),
+        );
+        registry.register(
+            "identity_cert_not_after_timestamp_seconds",
+            "notAfter of the workload certificate in use, as a Unix timestamp",
+            m.cert_not_after.clone(),
+        );
+        registry.register(
+            "credential_reloads",
+            "Attempts to load new workload credentials, by result",
+            m.cred_reloads.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Attempts to load the allow list, by result",
+            m.policy_reloads.clone(),
+        );
+        registry.register(
+            "outbound_fallback_destinations",
+            "Destinations currently remembered as not meshed",
+            m.fallback_cache_size.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn refuse(&self, direction: Direction, reason: &'static str) {
+        self.refused
+            .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+
+    pub fn handshake_failed(&self, direction: Direction, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+
+    pub fn plaintext(&self, direction: Direction, reason: &'static str) {
+        self.plaintext
+            .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+
+    /// The counter for bytes sent by `sender` on `direction` connections.
+    pub fn bytes_counter(&self, direction: Direction, sender: Peer) -> Counter<u64, AtomicU64> {
+        self.bytes
+            .get_or_create(&BytesLabels { direction, sender })
+            .clone()
+    }
+}

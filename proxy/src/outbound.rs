@@ -1,0 +1,230 @@
+//! The outbound listener: the pod's own connections to elsewhere.
+//!
+//! bind → accept → [`handle`]: originate mesh mTLS to the original destination.
+//! If the destination does not complete *our* handshake, not one application
+//! byte has been forwarded yet, so in permissive mode the proxy can open a fresh
+//! plaintext connection instead, and remembers the destination for a while so
+//! later connections skip the attempt. Strict mode never falls back.
+
+use crate::config::{OutboundConfig, OutboundMode, Target};
+use crate::metrics::{ConnLabels, Direction};
+use crate::orig_dst::original_dst;
+use crate::proxy::{ConnLog, Ctx, connect};
+use crate::relay::relay;
+use crate::tls::{handshake_failure_reason, leaf_info};
+use meshlite_contract::ALPN;
+use rustls::pki_types::ServerName;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const DIR: Direction = Direction::Outbound;
+
+/// Most destinations remembered as unmeshed. Past this, expired entries are
+/// swept, and if that is not enough the whole cache is dropped: forgetting only
+/// costs one extra handshake attempt per destination.
+const FALLBACK_CACHE_MAX: usize = 16 * 1024;
+
+/// Destinations that recently failed mesh mTLS.
+#[derive(Debug)]
+pub struct FallbackCache {
+    ttl: Duration,
+    map: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl FallbackCache {
+    pub fn new(ttl: Duration) -> Self {
+        FallbackCache {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn contains(&self, dst: SocketAddr) -> bool {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&dst).is_some_and(|until| Instant::now() < *until)
+    }
+
+    /// Remembers `dst` as unmeshed; returns the number of entries.
+    pub fn insert(&self, dst: SocketAddr) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if map.len() >= FALLBACK_CACHE_MAX {
+            map.retain(|_, until| now < *until);
+            if map.len() >= FALLBACK_CACHE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(dst, now + self.ttl);
+        map.len()
+    }
+}
+
+/// Handles one accepted outbound connection.
+pub(crate) async fn handle(
+    tcp: TcpStream,
+    client: SocketAddr,
+    listener: SocketAddr,
+    cfg: Arc<OutboundConfig>,
+    ctx: Arc<Ctx>,
+) {
+    let started = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let target = match cfg.target {
+        Target::Fixed(addr) => addr,
+        Target::OriginalDst => match original_dst(&tcp) {
+            Ok(dst) if dst.0 == listener => {
+                ctx.metrics.refuse(DIR, "no_original_dst");
+                tracing::debug!(%client, "refused a direct connection to the outbound port");
+                return;
+            }
+            Ok(dst) => dst.0,
+            Err(e) => {
+                ctx.metrics.refuse(DIR, "no_original_dst");
+                tracing::warn!(%client, error = %e, "cannot read SO_ORIGINAL_DST");
+                return;
+            }
+        },
+    };
+    let mut log = ConnLog::new(DIR, client, target);
+
+    match cfg.mode {
+        OutboundMode::Disabled => {
+            return plaintext(tcp, target, "disabled", &ctx, log, started).await;
+        }
+        OutboundMode::Permissive if ctx.fallback.contains(target) => {
+            return plaintext(tcp, target, "not_meshed", &ctx, log, started).await;
+        }
+        OutboundMode::Permissive | OutboundMode::Strict => {}
+    }
+
+    let Some(tls) = ctx.creds.current() else {
+        // Without a certificate we cannot tell meshed peers from unmeshed ones;
+        // sending plaintext to a meshed peer would silently downgrade it.
+        ctx.metrics.refuse(DIR, "no_credentials");
+        tracing::warn!(%client, %target, "no valid workload certificate: refusing outbound connection");
+        return;
+    };
+    let Some(upstream) = connect(target, &ctx, DIR).await else {
+        return;
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+    let server_name = ServerName::IpAddress(target.ip().into());
+    let handshake = tokio::time::timeout(
+        ctx.config.timeouts.handshake,
+        connector.connect(server_name, upstream),
+    )
+    .await;
+    let failure = match handshake {
+        Ok(Ok(stream)) => {
+            let (_, conn) = stream.get_ref();
+            let peer = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| leaf_info(leaf).ok());
+            if conn.alpn_protocol() == Some(ALPN) {
+                let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+                log.mtls(&ctx.metrics, peer.map(|p| p.id), resumed);
+                ctx.metrics
+                    .conn_opened
+                    .get_or_create(&ConnLabels {
+                        direction: DIR,
+                        tls: "mtls",
+                    })
+                    .inc();
+                let stats = relay(tcp, stream, DIR, &ctx.metrics, ctx.config.timeouts.idle).await;
+                ctx.metrics
+                    .conn_closed
+                    .get_or_create(&ConnLabels {
+                        direction: DIR,
+                        tls: "mtls",
+                    })
+                    .inc();
+                log.finish(stats, started);
+                return;
+            }
+            // A TLS server we trust that does not speak the mesh protocol.
+            let mut stream = stream;
+            let _ = stream.shutdown().await;
+            "no_alpn"
+        }
+        Ok(Err(e)) => {
+            let reason = handshake_failure_reason(&e);
+            tracing::debug!(%target, reason, error = %e, "outbound mTLS handshake failed");
+            reason
+        }
+        Err(_) => "timeout",
+    };
+    ctx.metrics.handshake_failed(DIR, failure);
+    if cfg.mode == OutboundMode::Strict {
+        ctx.metrics.refuse(DIR, "strict_mode_handshake_failed");
+        tracing::info!(%client, %target, reason = failure, "strict outbound: destination did not complete mesh mTLS");
+        return;
+    }
+    let size = ctx.fallback.insert(target);
+    ctx.metrics.fallback_cache_size.set(size as i64);
+    tracing::debug!(%target, reason = failure, "destination is not meshed: falling back to plaintext");
+    plaintext(tcp, target, "not_meshed", &ctx, log, started).await;
+}
+
+async fn plaintext(
+    tcp: TcpStream,
+    target: SocketAddr,
+    reason: &'static str,
+    ctx: &Ctx,
+    mut log: ConnLog,
+    started: Instant,
+) {
+    let Some(upstream) = connect(target, ctx, DIR).await else {
+        return;
+    };
+    ctx.metrics.plaintext(DIR, reason);
+    log.tls = reason;
+    ctx.metrics
+        .conn_opened
+        .get_or_create(&ConnLabels {
+            direction: DIR,
+            tls: "plaintext",
+        })
+        .inc();
+    let stats = relay(tcp, upstream, DIR, &ctx.metrics, ctx.config.timeouts.idle).await;
+    ctx.metrics
+        .conn_closed
+        .get_or_create(&ConnLabels {
+            direction: DIR,
+            tls: "plaintext",
+        })
+        .inc();
+    log.finish(stats, started);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_entries_expire_after_the_ttl() {
+        let cache = FallbackCache::new(Duration::from_millis(0));
+        let dst: SocketAddr = ([10, 0, 0, 1], 80).into();
+        cache.insert(dst);
+        assert!(!cache.contains(dst));
+        let cache = FallbackCache::new(Duration::from_secs(60));
+        assert!(!cache.contains(dst));
+        cache.insert(dst);
+        assert!(cache.contains(dst));
+        assert!(!cache.contains(([10, 0, 0, 2], 80).into()));
+    }
+
+    #[test]
+    fn the_fallback_cache_stays_bounded() {
+        let cache = FallbackCache::new(Duration::from_secs(60));
+        let mut size = 0;
+        for i in 0..(FALLBACK_CACHE_MAX as u32 + 10) {
+            size = cache.insert(SocketAddr::from((std::net::Ipv4Addr::from(i), 80)));
+        }
+        assert!(size <= FALLBACK_CACHE_MAX);
+    }
+}

@@ -1,0 +1,406 @@
+//! The proxy as one value: bind its listeners, then run until shutdown.
+//!
+//! [`Proxy::bind`] binds every listener (so tests and the local runner learn the
+//! real addresses of ephemeral ports), and [`Bound::run`] accepts until the
+//! shutdown future resolves, then drains: it stops accepting, reports not-ready,
+//! lets established connections finish for up to the drain timeout, and then
+//! closes whatever is left.
+
+use crate::config::{Config, CredSource, PolicySource};
+use crate::metrics::{Direction, Metrics};
+use crate::outbound::FallbackCache;
+use crate::policy::PolicyStore;
+use crate::relay::{RelayEnd, RelayStats};
+use crate::tls::CredStore;
+use meshlite_contract::{AllowList, SpiffeId, TrustDomain};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything a connection handler needs, shared.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub config: Config,
+    pub creds: CredStore,
+    pub policy: PolicyStore,
+    pub metrics: Arc<Metrics>,
+    pub fallback: FallbackCache,
+    pub limiter: Arc<Semaphore>,
+    pub draining: AtomicBool,
+}
+
+impl Ctx {
+    pub fn creds_trust_domain(&self) -> TrustDomain {
+        self.creds.trust_domain().clone()
+    }
+}
+
+/// The one log line written when a connection closes.
+#[derive(Debug)]
+pub(crate) struct ConnLog {
+    pub direction: Direction,
+    pub client: SocketAddr,
+    pub target: SocketAddr,
+    pub peer: Option<SpiffeId>,
+    /// `mtls`, or the reason the connection is plaintext.
+    pub tls: &'static str,
+    pub resumed: bool,
+}
+
+impl ConnLog {
+    pub fn new(direction: Direction, client: SocketAddr, target: SocketAddr) -> Self {
+        ConnLog {
+            direction,
+            client,
+            target,
+            peer: None,
+            tls: "none",
+            resumed: false,
+        }
+    }
+
+    /// Records an established mTLS connection with its peer.
+    pub fn mtls(&mut self, metrics: &Metrics, peer: Option<SpiffeId>, resumed: bool) {
+        self.tls = "mtls";
+        self.resumed = resumed;
+        metrics
+            .mtls_peers
+            .get_or_create(&crate::metrics::PeerLabels {
+                direction: self.direction,
+                peer_identity: peer
+                    .as_ref()
+                    .map_or_else(|| "unknown".to_string(), ToString::to_string),
+                resumed,
+            })
+            .inc();
+        self.peer = peer;
+    }
+
+    pub fn finish(&self, stats: RelayStats, started: Instant) {
+        let end = match &stats.end {
+            RelayEnd::Closed => "closed".to_string(),
+            RelayEnd::Idle => "idle_timeout".to_string(),
+            RelayEnd::Error(e) => format!("error: {e}"),
+        };
+        tracing::debug!(
+            direction = ?self.direction,
+            client = %self.client,
+            target = %self.target,
+            peer = self.peer.as_ref().map(tracing::field::display),
+            tls = self.tls,
+            resumed = self.resumed,
+            bytes_from_client = stats.from_client,
+            bytes_from_server = stats.from_server,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end,
+            "connection closed"
+        );
+    }
+}
+
+/// Connects to `target` with the connect timeout and TCP_NODELAY.
+pub(crate) async fn connect(
+    target: SocketAddr,
+    ctx: &Ctx,
+    direction: Direction,
+) -> Option<TcpStream> {
+    let attempt = async {
+        let sock = if target.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        sock.set_nodelay(true)?;
+        sock.connect(target).await
+    };
+    match tokio::time::timeout(ctx.config.timeouts.connect, attempt).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            ctx.metrics.refuse(direction, "connect_failed");
+            tracing::debug!(%target, error = %e, "connect failed");
+            None
+        }
+        Err(_) => {
+            ctx.metrics.refuse(direction, "connect_timeout");
+            tracing::debug!(%target, "connect timed out");
+            None
+        }
+    }
+}
+
+/// A configured proxy, not yet listening.
+#[derive(Debug)]
+pub struct Proxy {
+    config: Config,
+    creds: CredStore,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// Creates a proxy. Credentials come from `config.creds`, or, for
+    /// [`CredSource::External`], from whoever holds a clone of [`Proxy::creds`].
+    pub fn new(config: Config) -> Self {
+        let creds = CredStore::new(config.trust_domain.clone());
+        Proxy {
+            config,
+            creds,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    pub fn creds(&self) -> &CredStore {
+        &self.creds
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Binds every configured listener.
+    pub async fn bind(self) -> std::io::Result<Bound> {
+        let mut outbound = Vec::new();
+        if let Some(cfg) = &self.config.outbound {
+            for addr in &cfg.listen {
+                outbound.push(bind(*addr).await?);
+            }
+        }
+        let mut inbound = Vec::new();
+        if let Some(cfg) = &self.config.inbound {
+            for addr in &cfg.listen {
+                inbound.push(bind(*addr).await?);
+            }
+        }
+        let admin = match self.config.admin {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let policy = PolicyStore::new(self.config.trust_domain.clone(), AllowList::default());
+        crate::reload::apply_policy(&self.config.policy, &policy, &self.metrics);
+        let ctx = Arc::new(Ctx {
+            fallback: FallbackCache::new(self.config.fallback_ttl),
+            limiter: Arc::new(Semaphore::new(self.config.max_connections)),
+            creds: self.creds,
+            policy,
+            metrics: self.metrics,
+            draining: AtomicBool::new(false),
+            config: self.config,
+        });
+        Ok(Bound {
+            ctx,
+            outbound,
+            inbound,
+            admin,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        let s = TcpSocket::new_v6()?;
+        // Keep [::] listeners IPv6-only so they can sit beside an IPv4 one.
+        socket2::SockRef::from(&s).set_only_v6(true)?;
+        s
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    sock.listen(1024)
+}
+
+/// A proxy with its listeners bound.
+#[derive(Debug)]
+pub struct Bound {
+    ctx: Arc<Ctx>,
+    outbound: Vec<TcpListener>,
+    inbound: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+}
+
+fn addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect()
+}
+
+impl Bound {
+    pub fn outbound_addrs(&self) -> Vec<SocketAddr> {
+        addrs(&self.outbound)
+    }
+
+    pub fn inbound_addrs(&self) -> Vec<SocketAddr> {
+        addrs(&self.inbound)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn creds(&self) -> &CredStore {
+        &self.ctx.creds
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.ctx.metrics
+    }
+
+    pub fn policy(&self) -> &PolicyStore {
+        &self.ctx.policy
+    }
+
+    /// Runs until `shutdown` resolves (or `/shutdown` is called on the admin
+    /// port), then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let ctx = self.ctx;
+        let stop_accepting = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let conns = TaskTracker::new();
+        let background = TaskTracker::new();
+
+        match &ctx.config.creds {
+            CredSource::Files { cert, key, bundle } => {
+                background.spawn(crate::reload::watch_credentials(
+                    [cert.clone(), key.clone(), bundle.clone()],
+                    ctx.creds.clone(),
+                    ctx.metrics.clone(),
+                    ctx.config.reload_interval,
+                ));
+            }
+            CredSource::External => {}
+        }
+        if matches!(
+            ctx.config.policy,
+            PolicySource::File(_) | PolicySource::Annotations(_)
+        ) {
+            background.spawn(crate::reload::watch_policy(
+                ctx.config.policy.clone(),
+                ctx.policy.clone(),
+                ctx.metrics.clone(),
+                ctx.config.reload_interval,
+            ));
+        }
+        if let Some(admin) = self.admin {
+            let admin_ctx = ctx.clone();
+            let stop = stop_accepting.clone();
+            background.spawn(crate::admin::serve(admin, admin_ctx, stop));
+        }
+        if let Some(cfg) = &ctx.config.outbound {
+            let cfg = Arc::new(cfg.clone());
+            for l in self.outbound {
+                let cfg = cfg.clone();
+                background.spawn(accept_loop(
+                    l,
+                    ctx.clone(),
+                    conns.clone(),
+                    stop_accepting.clone(),
+                    hard_stop.clone(),
+                    Direction::Outbound,
+                    move |tcp, client, local, ctx| {
+                        crate::outbound::handle(tcp, client, local, cfg.clone(), ctx)
+                    },
+                ));
+            }
+        }
+        if let Some(cfg) = &ctx.config.inbound {
+            let cfg = Arc::new(cfg.clone());
+            for l in self.inbound {
+                let cfg = cfg.clone();
+                background.spawn(accept_loop(
+                    l,
+                    ctx.clone(),
+                    conns.clone(),
+                    stop_accepting.clone(),
+                    hard_stop.clone(),
+                    Direction::Inbound,
+                    move |tcp, client, local, ctx| {
+                        crate::inbound::handle(tcp, client, local, cfg.clone(), ctx)
+                    },
+                ));
+            }
+        }
+
+        tokio::select! {
+            () = shutdown => tracing::info!("shutdown requested"),
+            () = stop_accepting.cancelled() => tracing::info!("shutdown requested on the admin port"),
+        }
+        ctx.draining.store(true, Ordering::SeqCst);
+        stop_accepting.cancel();
+        conns.close();
+        let open = conns.len();
+        if open > 0 {
+            tracing::info!(open, drain = ?ctx.config.timeouts.drain, "draining established connections");
+        }
+        if tokio::time::timeout(ctx.config.timeouts.drain, conns.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = conns.len(),
+                "drain deadline passed; closing the remaining connections"
+            );
+        }
+        hard_stop.cancel();
+        conns.wait().await;
+        background.close();
+        tracing::info!("proxy stopped");
+    }
+}
+
+/// Accepts until told to stop; each connection runs in its own task, bounded by
+/// the shared connection limit.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    conns: TaskTracker,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+    direction: Direction,
+    handler: F,
+) where
+    F: Fn(TcpStream, SocketAddr, SocketAddr, Arc<Ctx>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, client) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically EMFILE: back off briefly rather than spin.
+                tracing::warn!(%local, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = ctx.limiter.clone().try_acquire_owned() else {
+            ctx.metrics.refuse(direction, "max_connections");
+            tracing::warn!(%client, max = ctx.config.max_connections, "connection limit reached; refusing");
+            // Reset rather than FIN, so the client fails fast instead of waiting.
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+            drop(tcp);
+            continue;
+        };
+        let fut = handler(tcp, client, local, ctx.clone());
+        let hard_stop = hard_stop.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                () = fut => {}
+                () = hard_stop.cancelled() => {}
+            }
+        });
+    }
+}

@@ -1,0 +1,70 @@
+//! meshlite's TLS policy, in one place.
+//!
+//! - TLS 1.3 only, with the aws-lc-rs provider (installed once per process by
+//!   [`install_provider`]).
+//! - ALPN `meshlite/1` marks mesh traffic.
+//! - Mutual authentication with SPIFFE identities ([`verify`]).
+//! - Credentials are swapped live ([`creds`]): each new handshake uses the newest
+//!   validated credentials; established connections keep theirs.
+
+pub mod creds;
+pub mod verify;
+
+pub use creds::{CredError, CredStore, Credentials, TlsConfigs};
+pub use verify::{LeafInfo, PeerIdError, leaf_info};
+
+use rustls::crypto::CryptoProvider;
+use std::sync::Arc;
+
+/// Installs aws-lc-rs as the process-wide rustls provider. Idempotent.
+pub fn install_provider() {
+    // An error only means a provider is already installed; meshlite never installs
+    // another one, so it is ours.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The provider meshlite builds every config with: aws-lc-rs, TLS 1.3 suites only.
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites
+        .retain(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)));
+    Arc::new(p)
+}
+
+/// The only protocol version meshlite negotiates.
+pub static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// A short metric label for a failed handshake.
+pub fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::ConnectionReset => "reset",
+            std::io::ErrorKind::TimedOut => "timeout",
+            _ => "io_error",
+        };
+    };
+    match tls {
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "expired_certificate",
+        Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "certificate_not_yet_valid",
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
+        Error::InvalidCertificate(CertificateError::Other(other)) => other
+            .0
+            .downcast_ref::<PeerIdError>()
+            .map_or("bad_certificate", PeerIdError::label),
+        Error::InvalidCertificate(_) => "bad_certificate",
+        Error::NoCertificatesPresented => "no_client_certificate",
+        Error::AlertReceived(_) => "alert_received",
+        Error::NoApplicationProtocol => "no_alpn",
+        Error::PeerIncompatible(_) => "incompatible",
+        Error::InvalidMessage(_)
+        | Error::InappropriateMessage { .. }
+        | Error::InappropriateHandshakeMessage { .. } => "not_tls",
+        _ => "tls_error",
+    }
+}
