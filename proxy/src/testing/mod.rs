@@ -312,3 +312,5 @@ pub async fn raw_tls_echo_server(leaf: &Leaf) -> SocketAddr {
     });
     addr
 }
+
+pub mod netns;

@@ -1,0 +1,151 @@
+//! Network namespaces for tests that need real iptables and `SO_ORIGINAL_DST`.
+//!
+//! Each namespace is named uniquely per test process and deleted on drop, even
+//! when the test panics. Code runs inside a namespace in two ways: a child
+//! process under `ip netns exec`, or a thread that joins the namespace with
+//! `setns(2)`, so that sockets it creates live there.
+//!
+//! These tests need root. They panic with a clear message when they are not
+//! root or a tool is missing; they never skip.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Panics unless the process is root and every tool in `tools` is on PATH.
+pub fn require_root_and(tools: &[&str]) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (network namespaces and iptables); CI runs it as root"
+    );
+    for tool in tools {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "this test needs `{tool}` on PATH (.ci/run installs it)"
+        );
+    }
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn sh(cmd: &str) -> Output {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("spawning `{cmd}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace that is deleted when dropped.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `ml<tag><pid><seq>` with loopback up.
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "ml{tag}{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&format!("ip netns add {name}"));
+        let ns = Netns { name };
+        ns.exec("ip link set lo up");
+        ns
+    }
+
+    /// Runs a shell command inside the namespace; panics on failure.
+    pub fn exec(&self, cmd: &str) -> Output {
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', "'\\''")
+        ))
+    }
+
+    /// A `Command` that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `f` on a thread that has joined this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("namespace thread panicked")
+    }
+
+    /// Spawns `f` on a thread in this namespace and returns its handle.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+/// Connects two namespaces with a veth pair named `eth0` in both, addressed
+/// `a_addr` and `b_addr` (CIDR notation, IPv4 or IPv6, one or more each).
+pub fn link(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let (va, vb) = (
+        format!("va{}x{n}", std::process::id()),
+        format!("vb{}x{n}", std::process::id()),
+    );
+    sh(&format!("ip link add {va} type veth peer name {vb}"));
+    sh(&format!("ip link set {va} netns {}", a.name));
+    sh(&format!("ip link set {vb} netns {}", b.name));
+    for (ns, dev, addrs) in [(a, &va, a_addrs), (b, &vb, b_addrs)] {
+        ns.exec(&format!("ip link set {dev} name eth0"));
+        for addr in addrs {
+            // nodad: IPv6 addresses are usable at once, without duplicate detection.
+            let extra = if addr.contains(':') { " nodad" } else { "" };
+            ns.exec(&format!("ip addr add {addr} dev eth0{extra}"));
+        }
+        ns.exec("ip link set eth0 up");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,205 @@
+//! Transparent mode for real: two network namespaces ("pods") joined by a veth
+//! pair, real iptables REDIRECT rules, the real `meshlite-proxy` binary running
+//! as the proxy UID, and `SO_ORIGINAL_DST` read by the kernel's answer, over
+//! IPv4 and IPv6. Needs root (CI is root); fails loudly otherwise.
+//!
+//! The rules here are written by the test itself, in the shape `meshlite-proxy
+//! init` produces; `init` has its own namespace tests.
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use meshlite_contract::{INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
+use meshlite_proxy::testing::TestCa;
+use meshlite_proxy::testing::netns::{Child, Netns, link, require_root_and};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/server";
+const APP_PORT: u16 = 8080;
+
+fn write_creds(ca: &TestCa, dir: &Path, id: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    ca.write_files(dir, id).unwrap();
+    // The proxy runs as its own UID and must read these (test-only permissions).
+    meshlite_proxy::testing::netns::sh(&format!("chmod -R a+rX {}", dir.display()));
+}
+
+fn spawn_proxy(ns: &Netns, creds: &Path, extra: &[&str]) -> Child {
+    let bin = env!("CARGO_BIN_EXE_meshlite-proxy");
+    let mut cmd = ns.command("setpriv");
+    cmd.args([
+        &format!("--reuid={PROXY_UID}"),
+        &format!("--regid={PROXY_UID}"),
+        "--clear-groups",
+        bin,
+        "run",
+        "--cert",
+        &creds.join("cert.pem").display().to_string(),
+        "--key",
+        &creds.join("key.pem").display().to_string(),
+        "--trust-bundle",
+        &creds.join("bundle.pem").display().to_string(),
+        "--admin-listen",
+        "0.0.0.0:15020",
+    ]);
+    cmd.args(extra)
+        .env("RUST_LOG", "meshlite_proxy=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Child(cmd.spawn().unwrap())
+}
+
+/// GETs a path from an admin port, from inside `ns`.
+fn admin_get(ns: &Netns, path: &'static str) -> String {
+    ns.run(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", 15020)).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .unwrap_or_default()
+}
+
+fn wait_ready(ns: &Netns) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !admin_get(ns, "/ready").starts_with("HTTP/1.1 200") {
+        assert!(
+            Instant::now() < deadline,
+            "proxy in {} never became ready",
+            ns.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn transparent_redirect_carries_app_traffic_over_mtls_using_the_original_destination() {
+    require_root_and(&["ip", "iptables", "ip6tables", "setpriv"]);
+    let a = Netns::new("ta");
+    let b = Netns::new("tb");
+    link(
+        &a,
+        &["10.213.7.1/24", "fd00:213::1/64"],
+        &b,
+        &["10.213.7.2/24", "fd00:213::2/64"],
+    );
+
+    // Pod A: the app's outbound TCP goes to the proxy, except the proxy's own.
+    for ipt in ["iptables", "ip6tables"] {
+        a.exec(&format!(
+            "{ipt} -t nat -A OUTPUT -p tcp -o eth0 -m owner ! --uid-owner {PROXY_UID} -j REDIRECT --to-ports {OUTBOUND_PORT}"
+        ));
+        // Pod B: inbound TCP to the app port goes to the inbound proxy.
+        b.exec(&format!(
+            "{ipt} -t nat -A PREROUTING -p tcp -i eth0 --dport {APP_PORT} -j REDIRECT --to-ports {INBOUND_PORT}"
+        ));
+    }
+
+    let ca = TestCa::new("mesh root");
+    let dir = tempfile::tempdir().unwrap();
+    meshlite_proxy::testing::netns::sh(&format!("chmod a+rx {}", dir.path().display()));
+    write_creds(&ca, &dir.path().join("a"), CLIENT_ID);
+    write_creds(&ca, &dir.path().join("b"), SERVER_ID);
+    let _pa = spawn_proxy(
+        &a,
+        &dir.path().join("a"),
+        &["--no-inbound", "--outbound-mode", "strict"],
+    );
+    let _pb = spawn_proxy(
+        &b,
+        &dir.path().join("b"),
+        &["--no-outbound", "--mode", "strict"],
+    );
+
+    // Pod B's app: answers with the local address the connection arrived on.
+    let app = b.spawn(|| {
+        let v4 = TcpListener::bind(("10.213.7.2", APP_PORT)).unwrap();
+        let v6 = TcpListener::bind(("fd00:213::2", APP_PORT)).unwrap();
+        for l in [v4, v6] {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap();
+            let reply = format!(
+                "{} via {}",
+                String::from_utf8_lossy(&buf[..n]),
+                s.local_addr().unwrap()
+            );
+            s.write_all(reply.as_bytes()).unwrap();
+        }
+    });
+    wait_ready(&a);
+    wait_ready(&b);
+
+    for (dst, want_local) in [
+        ("10.213.7.2:8080", "10.213.7.2:8080"),
+        ("[fd00:213::2]:8080", "[fd00:213::2]:8080"),
+    ] {
+        let dst: SocketAddr = dst.parse().unwrap();
+        let reply = a.run(move || {
+            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(10)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"hello").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        });
+        assert_eq!(reply, format!("hello via {want_local}"), "through {dst}");
+    }
+    app.join().unwrap();
+
+    // Both connections were mTLS, and each side saw the other's identity:
+    // strict mode on both ends means there was no other way through.
+    let ma = admin_get(&a, "/metrics");
+    let mb = admin_get(&b, "/metrics");
+    assert!(
+        ma.contains(&format!("meshlite_mtls_connections_total{{direction=\"outbound\",peer_identity=\"{SERVER_ID}\",resumed=\"false\"}} 2")),
+        "pod A metrics:\n{ma}"
+    );
+    assert!(
+        mb.contains(&format!("peer_identity=\"{CLIENT_ID}\"")),
+        "pod B metrics:\n{mb}"
+    );
+}
+
+#[test]
+fn the_proxy_uid_is_not_redirected() {
+    require_root_and(&["ip", "iptables", "setpriv"]);
+    let a = Netns::new("ua");
+    let b = Netns::new("ub");
+    link(&a, &["10.213.8.1/24"], &b, &["10.213.8.2/24"]);
+    a.exec(&format!(
+        "iptables -t nat -A OUTPUT -p tcp -o eth0 -m owner ! --uid-owner {PROXY_UID} -j REDIRECT --to-ports {OUTBOUND_PORT}"
+    ));
+    let server = b.spawn(|| {
+        let l = TcpListener::bind(("10.213.8.2", APP_PORT)).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"direct").unwrap();
+    });
+    // Nothing listens on 15001 in pod A, so a redirected connection would fail;
+    // the proxy UID's connection must reach pod B directly.
+    std::thread::sleep(Duration::from_millis(100));
+    let out = a.exec(&format!(
+        "setpriv --reuid={PROXY_UID} --regid={PROXY_UID} --clear-groups bash -c 'exec 3<>/dev/tcp/10.213.8.2/{APP_PORT}; head -c 6 <&3'"
+    ));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "direct");
+    server.join().unwrap();
+    // And any other UID is redirected (to nothing, so it is refused).
+    let other = a
+        .command("bash")
+        .args(["-c", &format!("exec 3<>/dev/tcp/10.213.8.2/{APP_PORT}")])
+        .output()
+        .unwrap();
+    assert!(
+        !other.status.success(),
+        "a non-proxy UID escaped the redirect"
+    );
+}
