@@ -1,0 +1,258 @@
+//! The pure mutation, table-tested on typed pods: which pods are skipped, and
+//! how pod annotations, namespace annotations and config combine.
+// Test helpers outside #[test] fns: a failed setup step should panic right there.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use json_patch::PatchOperation;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use meshlite_contract::{INJECT_LABEL, MODE_ANNOTATION, Mode, PROXY_CONTAINER, env};
+use meshlite_injector::config::Resources;
+use meshlite_injector::{Decision, InjectorConfig, SkipReason, mutate};
+use serde_json::Value;
+
+fn pod(annotations: &[(&str, &str)], labels: &[(&str, &str)]) -> Pod {
+    let map = |kv: &[(&str, &str)]| {
+        (!kv.is_empty()).then(|| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+    };
+    let mut p = Pod::default();
+    p.metadata.generate_name = Some("web-".into());
+    p.metadata.annotations = map(annotations);
+    p.metadata.labels = map(labels);
+    p.spec = Some(PodSpec {
+        containers: vec![Container {
+            name: "web".into(),
+            image: Some("web:1".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    p
+}
+
+fn ns(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Applies the mutation and returns the resulting pod.
+fn injected(p: &Pod, namespace: &BTreeMap<String, String>, cfg: &InjectorConfig) -> Pod {
+    let Decision::Inject(patch) = mutate(p, namespace, cfg).unwrap() else {
+        panic!("expected injection")
+    };
+    let mut json = serde_json::to_value(p).unwrap();
+    json_patch::patch(&mut json, &patch).unwrap();
+    serde_json::from_value(json).unwrap()
+}
+
+fn proxy_env(p: &Pod, name: &str) -> Option<String> {
+    let spec = p.spec.as_ref().unwrap();
+    let proxy = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == PROXY_CONTAINER)?;
+    proxy
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+#[test]
+fn opted_out_host_network_and_injected_pods_are_skipped_others_injected() {
+    let mut host = pod(&[], &[]);
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    let mut has_proxy = pod(&[], &[]);
+    has_proxy.spec.as_mut().unwrap().containers.push(Container {
+        name: PROXY_CONTAINER.into(),
+        ..Default::default()
+    });
+    let cases = [
+        (
+            "annotation disabled",
+            pod(&[(INJECT_LABEL, "disabled")], &[]),
+            Some(SkipReason::OptedOut),
+        ),
+        (
+            "label disabled",
+            pod(&[], &[(INJECT_LABEL, "disabled")]),
+            Some(SkipReason::OptedOut),
+        ),
+        ("hostNetwork", host, Some(SkipReason::HostNetwork)),
+        (
+            "annotated",
+            pod(&[("meshlite.io/injected", "0.0.1")], &[]),
+            Some(SkipReason::AlreadyInjected),
+        ),
+        (
+            "proxy container present",
+            has_proxy,
+            Some(SkipReason::AlreadyInjected),
+        ),
+        (
+            "inject enabled on pod",
+            pod(&[(INJECT_LABEL, "enabled")], &[]),
+            None,
+        ),
+        ("plain pod", pod(&[], &[]), None),
+    ];
+    for (name, p, want) in cases {
+        let got = match mutate(&p, &ns(&[]), &InjectorConfig::default()).unwrap() {
+            Decision::Skip(r) => Some(r),
+            Decision::Inject(_) => None,
+        };
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn mode_comes_from_pod_then_namespace_then_config() {
+    let strict_cfg = InjectorConfig {
+        default_mode: Mode::Strict,
+        ..InjectorConfig::default()
+    };
+    let cases = [
+        (
+            "pod wins",
+            pod(&[(MODE_ANNOTATION, "permissive")], &[]),
+            ns(&[(MODE_ANNOTATION, "strict")]),
+            InjectorConfig::default(),
+            "permissive",
+        ),
+        (
+            "namespace",
+            pod(&[], &[]),
+            ns(&[(MODE_ANNOTATION, "strict")]),
+            InjectorConfig::default(),
+            "strict",
+        ),
+        (
+            "config default",
+            pod(&[], &[]),
+            ns(&[]),
+            strict_cfg,
+            "strict",
+        ),
+        (
+            "built-in default",
+            pod(&[], &[]),
+            ns(&[]),
+            InjectorConfig::default(),
+            "permissive",
+        ),
+    ];
+    for (name, p, namespace, cfg, want) in cases {
+        let out = injected(&p, &namespace, &cfg);
+        assert_eq!(proxy_env(&out, env::MODE).as_deref(), Some(want), "{name}");
+    }
+}
+
+#[test]
+fn pod_without_annotations_gets_the_map_created_first() {
+    let Decision::Inject(patch) =
+        mutate(&pod(&[], &[]), &ns(&[]), &InjectorConfig::default()).unwrap()
+    else {
+        panic!()
+    };
+    let PatchOperation::Add(first) = &patch.0[0] else {
+        panic!("{:?}", patch.0[0])
+    };
+    assert_eq!(first.path.as_str(), "/metadata/annotations");
+    assert_eq!(first.value, Value::Object(Default::default()));
+    // And volumes, absent on this pod, are added as a whole array.
+    assert!(
+        patch
+            .0
+            .iter()
+            .any(|op| matches!(op, PatchOperation::Add(a) if a.path.as_str() == "/spec/volumes"))
+    );
+}
+
+#[test]
+fn config_image_resources_and_trust_domain_reach_the_containers() {
+    let cfg = InjectorConfig {
+        image: "registry.example/meshlite-proxy:dev".into(),
+        image_pull_policy: Some("Always".into()),
+        trust_domain: "example.org".into(),
+        proxy_resources: Resources {
+            requests: [("cpu".to_string(), "200m".to_string())].into(),
+            limits: BTreeMap::new(),
+        },
+        ..InjectorConfig::default()
+    };
+    let out = injected(&pod(&[], &[]), &ns(&[]), &cfg);
+    let spec = out.spec.as_ref().unwrap();
+    for c in spec.init_containers.iter().flatten() {
+        assert_eq!(
+            c.image.as_deref(),
+            Some("registry.example/meshlite-proxy:dev")
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    }
+    let proxy = &spec.init_containers.as_ref().unwrap()[1];
+    let requests = proxy.resources.as_ref().unwrap().requests.as_ref().unwrap();
+    assert_eq!(requests["cpu"].0, "200m");
+    assert_eq!(proxy.resources.as_ref().unwrap().limits, None);
+    assert_eq!(
+        proxy_env(&out, env::TRUST_DOMAIN).as_deref(),
+        Some("example.org")
+    );
+}
+
+#[test]
+fn injected_volumes_are_token_trust_bundle_and_annotations() {
+    let out = injected(&pod(&[], &[]), &ns(&[]), &InjectorConfig::default());
+    let vols = out.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    let token = vols[0]
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .as_ref()
+        .unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        token.audience.as_deref(),
+        Some(meshlite_contract::TOKEN_AUDIENCE)
+    );
+    assert_eq!(token.expiration_seconds, Some(3600));
+    assert_eq!(
+        vols[1].config_map.as_ref().unwrap().name,
+        meshlite_contract::TRUST_BUNDLE_CONFIGMAP
+    );
+    let item = &vols[2]
+        .downward_api
+        .as_ref()
+        .unwrap()
+        .items
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        item.field_ref.as_ref().unwrap().field_path,
+        "metadata.annotations"
+    );
+    let proxy = &out.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[1];
+    let mounts: Vec<_> = proxy
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(
+        mounts,
+        [env::TOKEN_DIR, env::TRUST_BUNDLE_DIR, env::PODINFO_DIR]
+    );
+}
