@@ -110,7 +110,10 @@ pub enum CredSource {
         key: PathBuf,
         bundle: PathBuf,
     },
-    /// Nothing: credentials are published by the embedding code (tests, certd client).
+    /// certd: a key generated in memory, a certificate requested with the
+    /// ServiceAccount token and renewed before it expires.
+    Certd(crate::identity_client::ClientConfig),
+    /// Nothing: credentials are published by the embedding code (tests).
     External,
 }
 

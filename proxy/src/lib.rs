@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod detect;
+pub mod identity_client;
 pub mod inbound;
 pub mod init;
 pub mod io;

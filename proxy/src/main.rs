@@ -2,11 +2,12 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use meshlite_contract::{Mode, TrustDomain, env};
+use meshlite_contract::{Mode, SpiffeId, TrustDomain, env};
 use meshlite_proxy::config::{
     Config, CredSource, InboundConfig, OutboundConfig, OutboundMode, PolicySource, Target,
     Timeouts, parse_duration,
 };
+use meshlite_proxy::identity_client::ClientConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,6 +63,18 @@ struct RunArgs {
     /// Admin listen address (/live, /ready, /metrics).
     #[arg(long, default_value = "0.0.0.0:15020")]
     admin_listen: SocketAddr,
+    /// certd's URL: get and renew the certificate from certd (cluster mode).
+    #[arg(long, env = env::CERTD_URL, conflicts_with_all = ["cert", "key"], requires = "trust_bundle")]
+    certd_url: Option<http::Uri>,
+    /// The projected ServiceAccount token presented to certd.
+    #[arg(long, env = env::TOKEN_FILE, default_value = "/var/run/secrets/meshlite/token")]
+    token_file: PathBuf,
+    /// This workload's namespace (its identity is derived from it).
+    #[arg(long, env = env::POD_NAMESPACE)]
+    namespace: Option<String>,
+    /// This workload's service account.
+    #[arg(long, env = env::SERVICE_ACCOUNT, default_value = "default")]
+    service_account: String,
     /// Workload certificate chain (PEM), reloaded when it changes.
     #[arg(long, requires_all = ["key", "trust_bundle"])]
     cert: Option<PathBuf>,
@@ -155,10 +168,25 @@ impl RunArgs {
                 .map_or(Target::OriginalDst, Target::Fixed),
             mode: self.mode,
         });
-        let creds = match (self.cert, self.key, self.trust_bundle) {
-            (Some(cert), Some(key), Some(bundle)) => CredSource::Files { cert, key, bundle },
+        let creds = match (self.certd_url, self.cert, self.key, self.trust_bundle) {
+            (Some(url), _, _, Some(bundle_file)) => {
+                let namespace = self.namespace.context(
+                    "--certd-url needs the workload's namespace: --namespace or MESHLITE_POD_NAMESPACE",
+                )?;
+                let identity =
+                    SpiffeId::new(self.trust_domain.clone(), &namespace, &self.service_account)
+                        .context("deriving the workload identity")?;
+                CredSource::Certd(ClientConfig {
+                    url,
+                    token_file: self.token_file,
+                    bundle_file,
+                    identity,
+                    timeout: Duration::from_secs(30),
+                })
+            }
+            (None, Some(cert), Some(key), Some(bundle)) => CredSource::Files { cert, key, bundle },
             _ => anyhow::bail!(
-                "no credential source: pass --cert, --key and --trust-bundle (PEM files)"
+                "no credential source: pass --certd-url (cluster mode) or --cert, --key and --trust-bundle (PEM files)"
             ),
         };
         let policy = match (self.allow, self.allow_file, self.annotations_file) {

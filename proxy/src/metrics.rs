@@ -95,6 +95,7 @@ pub struct Metrics {
     pub cert_not_after: Gauge,
     pub cred_reloads: Family<ResultLabels, Counter>,
     pub policy_reloads: Family<ResultLabels, Counter>,
+    pub renewals: Family<ResultLabels, Counter>,
     pub fallback_cache_size: Gauge,
 }
 
@@ -119,6 +120,7 @@ impl Metrics {
             cert_not_after: Gauge::default(),
             cred_reloads: Family::default(),
             policy_reloads: Family::default(),
+            renewals: Family::default(),
             fallback_cache_size: Gauge::default(),
             registry: Registry::default(),
         };
@@ -176,6 +178,11 @@ impl Metrics {
             "policy_reloads",
             "Attempts to load the allow list, by result",
             m.policy_reloads.clone(),
+        );
+        registry.register(
+            "certificate_renewals",
+            "Certificate requests to certd, by result",
+            m.renewals.clone(),
         );
         registry.register(
             "outbound_fallback_destinations",

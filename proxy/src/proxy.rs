@@ -274,6 +274,14 @@ impl Bound {
                     ctx.config.reload_interval,
                 ));
             }
+            CredSource::Certd(client) => {
+                background.spawn(crate::identity_client::run(
+                    client.clone(),
+                    ctx.creds.clone(),
+                    ctx.metrics.clone(),
+                    ctx.config.reload_interval,
+                ));
+            }
             CredSource::External => {}
         }
         if matches!(

@@ -75,7 +75,7 @@ pub fn parse_credentials(
     Ok(Credentials { chain, key, roots })
 }
 
-fn record_cert(metrics: &Metrics, not_after: SystemTime) {
+pub fn record_cert(metrics: &Metrics, not_after: SystemTime) {
     let secs = not_after
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

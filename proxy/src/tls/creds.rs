@@ -75,6 +75,7 @@ pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
     pub identity: SpiffeId,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
 
@@ -215,6 +216,7 @@ pub fn build(creds: Credentials, trust_domain: &TrustDomain) -> Result<TlsConfig
         server: Arc::new(server),
         client: Arc::new(client),
         identity: info.id,
+        not_before: info.not_before,
         not_after: info.not_after,
     })
 }

@@ -56,6 +56,7 @@ impl PeerIdError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafInfo {
     pub id: SpiffeId,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
 
@@ -80,9 +81,12 @@ pub fn leaf_info(cert: &CertificateDer<'_>) -> Result<LeafInfo, PeerIdError> {
     let id = uri
         .parse::<SpiffeId>()
         .map_err(|_| PeerIdError::NotSpiffe(uri.to_string()))?;
-    let secs = x509.validity().not_after.timestamp();
-    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    Ok(LeafInfo { id, not_after })
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    Ok(LeafInfo {
+        id,
+        not_before: at(x509.validity().not_before.timestamp()),
+        not_after: at(x509.validity().not_after.timestamp()),
+    })
 }
 
 /// Checks the identity of a verified leaf against our trust domain.

@@ -69,8 +69,13 @@ async fn main() -> anyhow::Result<()> {
     let t1 = tokio::spawn(server.run(async move { s1.cancelled().await }));
     let t2 = tokio::spawn(client.run(async move { s2.cancelled().await }));
 
-    println!("meshlite local: app {app} <- server proxy {inbound} <= mTLS <= client proxy {outbound}");
-    for msg in ["hello over mTLS", "a second connection resumes the TLS session"] {
+    println!(
+        "meshlite local: app {app} <- server proxy {inbound} <= mTLS <= client proxy {outbound}"
+    );
+    for msg in [
+        "hello over mTLS",
+        "a second connection resumes the TLS session",
+    ] {
         let mut s = tokio::net::TcpStream::connect(outbound).await?;
         s.write_all(msg.as_bytes()).await?;
         s.shutdown().await?;
