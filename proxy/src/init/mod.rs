@@ -139,7 +139,12 @@ pub fn apply(backend: Backend, family: Family, cfg: &RuleConfig) -> Result<Vec<S
     let save = backend.save(family);
     let current = backend::run(&save, &["-t", "nat"], None)?;
     let text = rules::render(cfg, family, &current);
-    backend::run(&backend.restore(family), &["--noflush"], Some(&text))?;
+    // --wait: iptables-legacy takes a host-wide lock that a concurrent run may hold.
+    backend::run(
+        &backend.restore(family),
+        &["--noflush", "--wait=10"],
+        Some(&text),
+    )?;
     let after = backend::run(&save, &["-t", "nat"], None)?;
     let installed = rules::our_rules(&after);
     tracing::info!(
