@@ -13,7 +13,6 @@ use meshlite_contract::{
     INIT_CONTAINER, INJECT_DISABLED, INJECT_LABEL, INJECTED_ANNOTATION, PROXY_CONTAINER,
 };
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::config::InjectorConfig;
 use crate::probes::{self, AppProbes};
@@ -188,9 +187,4 @@ fn replace<T: Serialize>(path: &[&str], value: &T) -> Result<PatchOperation, ser
         path: pointer(path),
         value: serde_json::to_value(value)?,
     }))
-}
-
-/// Convenience for tests and tools: the patch as a JSON value.
-pub fn patch_json(patch: &Patch) -> Value {
-    serde_json::to_value(patch).unwrap_or(Value::Null)
 }
