@@ -129,12 +129,18 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
         chosen => chosen,
     };
     for family in args.families() {
-        apply(backend, family, &cfg)?;
+        let installed = apply(backend, family, &cfg)?;
+        // Plain output: the init container's log is where an operator looks,
+        // and logging is not set up for this short-lived subcommand.
+        println!(
+            "meshlite-proxy init: {} {family:?} rules in place ({backend:?} backend)",
+            installed.len()
+        );
     }
     Ok(())
 }
 
-/// Applies one family's rules atomically; returns the rules now in place.
+/// Applies one family's rules atomically; returns our rules now in place.
 pub fn apply(backend: Backend, family: Family, cfg: &RuleConfig) -> Result<Vec<String>, InitError> {
     let save = backend.save(family);
     let current = backend::run(&save, &["-t", "nat"], None)?;
