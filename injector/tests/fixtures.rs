@@ -261,14 +261,19 @@ async fn legacy_mode_adds_the_proxy_first_among_containers_with_a_poststart_wait
 }
 
 #[tokio::test]
-async fn injected_pod_fixture_is_skipped_without_a_patch() {
-    // The stored output of injecting deployment_pod.json.
+async fn already_injected_fixture_is_skipped_without_a_patch() {
+    // The stored review is deployment_pod.json's, carrying the pod as injected.
     let (patched, _) = inject("deployment_pod.json", InjectorConfig::default()).await;
-    assert_golden("injected_pod.json", &patched);
-    let review_json = fixture("deployment_pod.json");
+    let mut stored = fixture("deployment_pod.json");
+    stored["request"]["uid"] = "e5a1c0de-0000-4000-8000-00000000a11d".into();
+    stored["request"]["object"] = patched;
+    assert_golden("already_injected_pod.json", &stored);
+
     let hook = webhook(InjectorConfig::default());
-    let (resp, label) = review(&hook, &with_pod(&review_json, fixture("injected_pod.json"))).await;
+    let body = std::fs::read(fixture_path("already_injected_pod.json")).unwrap();
+    let (resp, label) = review(&hook, &body).await;
     assert_eq!(label, "skipped_already_injected");
+    assert_eq!(resp.response.uid, "e5a1c0de-0000-4000-8000-00000000a11d");
     assert!(resp.response.allowed && resp.response.patch.is_none());
 }
 
