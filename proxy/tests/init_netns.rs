@@ -272,6 +272,35 @@ fn outbound_is_redirected_except_proxy_uid_and_skips(backend: &str) {
     });
 }
 
+fn ipv6_outbound_is_redirected_except_skipped_cidrs(backend: &str) {
+    require_root_and_tools();
+    let ns = pod_ns();
+    // nodad: usable at once, without duplicate address detection's delay.
+    ns.ip(&["addr", "add", "fd00:98::1/64", "dev", "d0", "nodad"]);
+    ns.ip(&["addr", "add", "fd00:99::1/64", "dev", "d0", "nodad"]);
+    let mut args = vec!["--iptables-backend", backend, "--ipv6", "on"];
+    args.extend_from_slice(&SKIPS);
+    ns.init(&args);
+    ns.run(|| {
+        let proxy = listen("[::1]:15001");
+        let skipped = listen("[fd00:99::1]:8080");
+        let _c = TcpStream::connect("[fd00:98::1]:8080").unwrap();
+        let got = accept(&proxy).expect("IPv6 app connection redirected to [::1]:15001");
+        let dst = socket2::SockRef::from(&got)
+            .original_dst_v6()
+            .unwrap()
+            .as_socket()
+            .unwrap();
+        assert_eq!(dst, "[fd00:98::1]:8080".parse().unwrap());
+        let _c = TcpStream::connect("[fd00:99::1]:8080").unwrap();
+        assert!(
+            accept(&skipped).is_some(),
+            "skipped IPv6 CIDR should not be redirected"
+        );
+        assert!(!pending(&proxy));
+    });
+}
+
 fn inbound_is_redirected_except_admin_and_skipped_ports(backend: &str) {
     require_root_and_tools();
     let pod = Netns::new();
@@ -355,6 +384,16 @@ fn nft_outbound_is_redirected_except_proxy_uid_and_skips() {
 #[test]
 fn legacy_outbound_is_redirected_except_proxy_uid_and_skips() {
     outbound_is_redirected_except_proxy_uid_and_skips("legacy");
+}
+
+#[test]
+fn nft_ipv6_outbound_is_redirected_except_skipped_cidrs() {
+    ipv6_outbound_is_redirected_except_skipped_cidrs("nft");
+}
+
+#[test]
+fn legacy_ipv6_outbound_is_redirected_except_skipped_cidrs() {
+    ipv6_outbound_is_redirected_except_skipped_cidrs("legacy");
 }
 
 #[test]
