@@ -133,6 +133,7 @@ impl Webhook {
             .namespace
             .clone()
             .or_else(|| pod.metadata.namespace.clone())
+            .filter(|n| !n.is_empty())
         else {
             let e = ReviewError::BadRequest("no namespace in request or pod".into());
             return Answer::Review(

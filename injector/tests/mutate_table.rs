@@ -256,3 +256,52 @@ fn injected_volumes_are_token_trust_bundle_and_annotations() {
         [env::TOKEN_DIR, env::TRUST_BUNDLE_DIR, env::PODINFO_DIR]
     );
 }
+
+#[test]
+fn legacy_mode_rewrites_probes_at_their_original_index_before_inserting_the_proxy() {
+    use k8s_openapi::api::core::v1::{HTTPGetAction, Probe};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let mut p = pod(&[], &[]);
+    let spec = p.spec.as_mut().unwrap();
+    spec.containers.push(Container {
+        name: "api".into(),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/ready".into()),
+                port: IntOrString::Int(9000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let cfg = InjectorConfig {
+        legacy_mode: true,
+        ..InjectorConfig::default()
+    };
+    let out = injected(&p, &ns(&[]), &cfg);
+    let names: Vec<_> = out
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, [PROXY_CONTAINER, "web", "api"]);
+    let api = &out.spec.as_ref().unwrap().containers[2];
+    let get = api
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(get.path.as_deref(), Some("/app-health/api/readyz"));
+    assert_eq!(get.port, IntOrString::Int(15020));
+    let probes = proxy_env(&out, env::APP_PROBES).unwrap();
+    assert!(
+        probes.contains(r#""/app-health/api/readyz":{"httpGet":{"port":9000,"path":"/ready"}"#),
+        "{probes}"
+    );
+}
