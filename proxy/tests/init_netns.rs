@@ -424,6 +424,7 @@ fn auto_backend_follows_the_backend_that_already_has_rules() {
     check(
         ns.exec(&[
             "iptables-legacy",
+            "-w",
             "-t",
             "nat",
             "-A",
