@@ -38,6 +38,9 @@ fn require_root_and_tools() {
         "iptables-legacy-save",
         "ip6tables-nft-restore",
         "ip6tables-legacy-restore",
+        "ip6tables-nft-save",
+        "ip6tables-legacy-save",
+        "iptables-legacy",
     ] {
         let found = std::env::split_paths(&path).any(|d| d.join(tool).is_file());
         assert!(
