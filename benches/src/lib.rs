@@ -1,1 +1,17 @@
-//! Benchmark harness.
+//! meshlite's benchmark harness: the proxy pair against a no-proxy baseline.
+//!
+//! One run measures three configurations side by side, on loopback, on the same
+//! machine, interleaved so that drift affects them alike:
+//!
+//! - **direct**: client to server, no proxy;
+//! - **plain relay**: the outbound/inbound pair with TLS off (outbound mode
+//!   `disabled`), which isolates the cost of proxying;
+//! - **mtls**: the pair with TLS 1.3 mutual TLS.
+//!
+//! The proxies are the real `meshlite-proxy` binary (release build), one process
+//! each, so their RSS and CPU time can be read from `/proc`. The client and the
+//! server run in this process. See `benches/README.md` for the method.
+
+pub mod procs;
+pub mod report;
+pub mod workloads;

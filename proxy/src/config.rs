@@ -136,6 +136,8 @@ pub struct Config {
     pub reload_interval: Duration,
     /// Application probes served on the admin port (`MESHLITE_APP_PROBES`).
     pub app_probes: Option<String>,
+    /// Session resumption and key exchange.
+    pub tls: crate::tls::TlsOptions,
 }
 
 impl Config {
@@ -167,6 +169,7 @@ impl Config {
             policy: PolicySource::None,
             reload_interval: Duration::from_secs(2),
             app_probes: None,
+            tls: crate::tls::TlsOptions::default(),
         }
     }
 }

@@ -29,6 +29,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Install the pod's iptables redirect rules.
     Init(meshlite_proxy::init::InitArgs),
+    /// Wait until the proxy's /ready answers 200 (legacy mode's postStart hook).
+    WaitReady(meshlite_proxy::init::wait::WaitReadyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +124,13 @@ struct RunArgs {
     /// Log format: plain or json.
     #[arg(long, env = env::LOG_FORMAT, default_value = "plain")]
     log_format: String,
+    /// Do not resume TLS sessions (every connection does a full handshake).
+    #[arg(long)]
+    no_tls_resumption: bool,
+    /// Key exchange: `hybrid` (X25519MLKEM768 first, then X25519) or `classic`
+    /// (X25519 and P-256 only).
+    #[arg(long, default_value = "hybrid", value_parser = ["hybrid", "classic"])]
+    key_exchange: String,
     /// Tokio worker threads.
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
@@ -213,6 +222,10 @@ impl RunArgs {
             policy,
             reload_interval: self.reload_interval,
             app_probes: self.app_probes,
+            tls: meshlite_proxy::tls::TlsOptions {
+                resumption: !self.no_tls_resumption,
+                post_quantum: self.key_exchange == "hybrid",
+            },
         })
     }
 }
@@ -247,6 +260,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Init(args) => meshlite_proxy::init::run(&args),
+        Command::WaitReady(args) => Ok(meshlite_proxy::init::wait::run(&args)?),
         Command::Run(args) => {
             init_logging(&args.log_format);
             meshlite_proxy::tls::install_provider();

@@ -146,7 +146,7 @@ impl Proxy {
     /// Creates a proxy. Credentials come from `config.creds`, or, for
     /// [`CredSource::External`], from whoever holds a clone of [`Proxy::creds`].
     pub fn new(config: Config) -> Self {
-        let creds = CredStore::new(config.trust_domain.clone());
+        let creds = CredStore::with_options(config.trust_domain.clone(), config.tls);
         Proxy {
             config,
             creds,

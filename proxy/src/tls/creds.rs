@@ -8,7 +8,7 @@
 //! empty, every handshake fails closed, and the proxy is not ready.
 
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier, leaf_info};
-use super::{VERSIONS, provider};
+use super::{TlsOptions, VERSIONS, provider_with};
 use meshlite_contract::{ALPN, SpiffeId, TrustDomain};
 use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -129,7 +129,11 @@ impl ProducesTickets for BoundedTicketer {
 }
 
 /// Validates credentials and builds the server and client configs from them.
-pub fn build(creds: Credentials, trust_domain: &TrustDomain) -> Result<TlsConfigs, CredError> {
+pub fn build(
+    creds: Credentials,
+    trust_domain: &TrustDomain,
+    opts: TlsOptions,
+) -> Result<TlsConfigs, CredError> {
     let leaf = creds.chain.first().ok_or(CredError::EmptyChain)?;
     if creds.roots.is_empty() {
         return Err(CredError::EmptyBundle);
@@ -141,7 +145,7 @@ pub fn build(creds: Credentials, trust_domain: &TrustDomain) -> Result<TlsConfig
             .map_err(|e| CredError::BadRoot(e.to_string()))?;
     }
     let roots = Arc::new(roots);
-    let provider = provider();
+    let provider = provider_with(opts);
 
     let info = leaf_info(leaf)?;
     if info.id.trust_domain() != trust_domain {
@@ -191,7 +195,7 @@ pub fn build(creds: Credentials, trust_domain: &TrustDomain) -> Result<TlsConfig
     });
     // TLS 1.3 resumption uses tickets; no stateful session cache is needed.
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    server.send_tls13_tickets = 1;
+    server.send_tls13_tickets = usize::from(opts.resumption);
     server.max_early_data_size = 0;
 
     let server_verifier = Arc::new(SpiffeServerVerifier::new(
@@ -209,7 +213,11 @@ pub fn build(creds: Credentials, trust_domain: &TrustDomain) -> Result<TlsConfig
         .with_custom_certificate_verifier(server_verifier)
         .with_client_cert_resolver(Arc::new(SingleCert(certified)));
     client.alpn_protocols = vec![ALPN.to_vec()];
-    client.resumption = Resumption::in_memory_sessions(CLIENT_SESSION_CACHE);
+    client.resumption = if opts.resumption {
+        Resumption::in_memory_sessions(CLIENT_SESSION_CACHE)
+    } else {
+        Resumption::disabled()
+    };
     client.enable_early_data = false;
 
     Ok(TlsConfigs {
@@ -249,15 +257,21 @@ impl rustls::client::ResolvesClientCert for SingleCert {
 #[derive(Debug, Clone)]
 pub struct CredStore {
     trust_domain: TrustDomain,
+    opts: TlsOptions,
     tx: Arc<watch::Sender<Option<Arc<TlsConfigs>>>>,
 }
 
 impl CredStore {
     /// An empty store: no handshake succeeds until the first publish.
     pub fn new(trust_domain: TrustDomain) -> Self {
+        Self::with_options(trust_domain, TlsOptions::default())
+    }
+
+    pub fn with_options(trust_domain: TrustDomain, opts: TlsOptions) -> Self {
         let (tx, _) = watch::channel(None);
         CredStore {
             trust_domain,
+            opts,
             tx: Arc::new(tx),
         }
     }
@@ -268,7 +282,7 @@ impl CredStore {
 
     /// Validates and publishes new credentials. On error the current ones stay.
     pub fn publish(&self, creds: Credentials) -> Result<Arc<TlsConfigs>, CredError> {
-        let configs = Arc::new(build(creds, &self.trust_domain)?);
+        let configs = Arc::new(build(creds, &self.trust_domain, self.opts)?);
         self.tx.send_replace(Some(configs.clone()));
         Ok(configs)
     }

@@ -11,6 +11,7 @@ pub mod creds;
 pub mod verify;
 
 pub use creds::{CredError, CredStore, Credentials, TlsConfigs};
+
 pub use verify::{LeafInfo, PeerIdError, leaf_info};
 
 use rustls::crypto::CryptoProvider;
@@ -23,11 +24,38 @@ pub fn install_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Tunables of the mesh TLS configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Resume sessions from tickets on repeat connections.
+    pub resumption: bool,
+    /// Offer the X25519MLKEM768 post-quantum hybrid key exchange first.
+    pub post_quantum: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            resumption: true,
+            post_quantum: true,
+        }
+    }
+}
+
 /// The provider meshlite builds every config with: aws-lc-rs, TLS 1.3 suites only.
 pub fn provider() -> Arc<CryptoProvider> {
+    provider_with(TlsOptions::default())
+}
+
+/// [`provider`], with the key-exchange groups chosen by `opts`.
+pub fn provider_with(opts: TlsOptions) -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     p.cipher_suites
         .retain(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)));
+    if !opts.post_quantum {
+        use rustls::crypto::aws_lc_rs::kx_group;
+        p.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1];
+    }
     Arc::new(p)
 }
 

@@ -1,0 +1,331 @@
+//! `meshlite-bench`: runs every workload against direct, plain-relay and mTLS
+//! setups, prints a table, and writes JSON. Method: `benches/README.md`.
+
+use anyhow::Context;
+use clap::Parser;
+use meshlite_benches::procs::{self, Pair, PairOptions, Setup, Usage};
+use meshlite_benches::report::{self, Sample};
+use meshlite_benches::workloads::{self, Rate};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(about = "meshlite throughput, latency and churn against a plaintext baseline")]
+struct Args {
+    /// Repeats of the whole suite; each result is the median over repeats.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Bytes per bulk run (split over the streams).
+    #[arg(long, default_value_t = 2 << 30)]
+    bulk_bytes: u64,
+    /// Measured seconds per request/response run (after 1 s of warm-up).
+    #[arg(long, default_value_t = 5)]
+    rr_seconds: u64,
+    /// Measured seconds per churn run (after 1 s of warm-up).
+    #[arg(long, default_value_t = 3)]
+    churn_seconds: u64,
+    /// A short smoke run (small sizes, one repeat).
+    #[arg(long)]
+    quick: bool,
+    /// Only run workloads whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// Use X25519 only (no post-quantum hybrid) in the mTLS pair.
+    #[arg(long)]
+    classic_kx: bool,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "benches/results/latest.json")]
+    out: PathBuf,
+}
+
+const WARMUP: Duration = Duration::from_secs(1);
+
+struct Ctx {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    args: Args,
+}
+
+fn usage(pair: Option<&Pair>) -> Option<[Usage; 2]> {
+    pair.map(|p| [p.client.usage(), p.server.usage()])
+}
+
+fn delta(before: Option<[Usage; 2]>, pair: Option<&Pair>) -> Option<[Usage; 2]> {
+    let (b, a) = (before?, usage(pair)?);
+    let d = |b: &Usage, a: &Usage| Usage {
+        cpu_seconds: a.cpu_seconds - b.cpu_seconds,
+        rss_mib: a.rss_mib,
+        peak_rss_mib: a.peak_rss_mib,
+    };
+    Some([d(&b[0], &a[0]), d(&b[1], &a[1])])
+}
+
+fn rate_sample(
+    workload: &str,
+    setup: Setup,
+    unit: &'static str,
+    r: Rate,
+    proxies: Option<[Usage; 2]>,
+) -> Sample {
+    Sample {
+        workload: workload.into(),
+        setup,
+        value: r.per_second,
+        unit,
+        p50_us: Some(r.latency.p50_us),
+        p99_us: Some(r.latency.p99_us),
+        p999_us: Some(r.latency.p999_us),
+        proxies,
+    }
+}
+
+/// Runs one workload under one setup, recording the proxies' resource use.
+async fn measure(
+    workload: &str,
+    setup: Setup,
+    entry: SocketAddr,
+    pair: Option<&Pair>,
+    args: &Args,
+) -> anyhow::Result<Sample> {
+    if let Some(p) = pair {
+        p.client.reset_peak();
+        p.server.reset_peak();
+    }
+    let before = usage(pair);
+    let rr = Duration::from_secs(args.rr_seconds);
+    let churn = Duration::from_secs(args.churn_seconds);
+    let sample = if let Some(n) = workload.strip_prefix("bulk s") {
+        let b = workloads::bulk(entry, n.parse()?, args.bulk_bytes).await?;
+        Sample {
+            workload: workload.into(),
+            setup,
+            value: b.gbit_per_s,
+            unit: "Gbit/s",
+            p50_us: None,
+            p99_us: None,
+            p999_us: None,
+            proxies: None,
+        }
+    } else if let Some(c) = workload.strip_prefix("rr c") {
+        let c = c.trim_end_matches(" pinned").parse()?;
+        rate_sample(
+            workload,
+            setup,
+            "req/s",
+            workloads::request_response(entry, c, WARMUP, rr).await?,
+            None,
+        )
+    } else if let Some(c) = workload.strip_prefix("churn c") {
+        let c = c.split(' ').next().unwrap_or("1").parse()?;
+        rate_sample(
+            workload,
+            setup,
+            "conn/s",
+            workloads::churn(entry, c, WARMUP, churn).await?,
+            None,
+        )
+    } else {
+        anyhow::bail!("unknown workload {workload}");
+    };
+    Ok(Sample {
+        proxies: delta(before, pair),
+        ..sample
+    })
+}
+
+fn start_pair(
+    ctx: &Ctx,
+    setup: Setup,
+    backend: SocketAddr,
+    opts: &PairOptions,
+) -> anyhow::Result<Pair> {
+    Pair::start(&ctx.bin, ctx.dir.path(), setup, backend, opts)
+}
+
+/// The unpinned suite, on a two-worker runtime shared by client and server.
+fn unpinned(
+    ctx: &Ctx,
+    samples: &mut Vec<Sample>,
+    idle: &mut Vec<(String, [Usage; 2])>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let server = workloads::start_server().await?;
+        let base = PairOptions {
+            classic_kx: ctx.args.classic_kx,
+            ..Default::default()
+        };
+        let plain = start_pair(ctx, Setup::PlainRelay, server, &base)?;
+        let mtls = start_pair(ctx, Setup::Mtls, server, &base)?;
+        let full = start_pair(
+            ctx,
+            Setup::Mtls,
+            server,
+            &PairOptions {
+                no_resumption: true,
+                ..base.clone()
+            },
+        )?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        idle.push((
+            "plain relay".into(),
+            [plain.client.usage(), plain.server.usage()],
+        ));
+        idle.push(("mtls".into(), [mtls.client.usage(), mtls.server.usage()]));
+        let setups: [(Setup, SocketAddr, Option<&Pair>); 3] = [
+            (Setup::Direct, server, None),
+            (Setup::PlainRelay, plain.entry, Some(&plain)),
+            (Setup::Mtls, mtls.entry, Some(&mtls)),
+        ];
+        let wanted = |w: &str| ctx.args.only.as_deref().is_none_or(|o| w.contains(o));
+        for repeat in 0..ctx.args.repeats {
+            eprintln!("repeat {}/{}", repeat + 1, ctx.args.repeats);
+            for w in [
+                "bulk s1", "bulk s4", "bulk s16", "rr c1", "rr c16", "rr c64",
+            ] {
+                if !wanted(w) {
+                    continue;
+                }
+                for (setup, entry, pair) in setups {
+                    let s = measure(w, setup, entry, pair, &ctx.args)
+                        .await
+                        .with_context(|| format!("{w} {}", setup.name()))?;
+                    eprintln!("  {w:>10} {:>11}: {:.2} {}", setup.name(), s.value, s.unit);
+                    samples.push(s);
+                }
+            }
+            for c in [1, 16] {
+                let resumed = format!("churn c{c} resumed");
+                let full_name = format!("churn c{c} full");
+                for (name, setup, entry, pair) in [
+                    (&resumed, Setup::Direct, server, None),
+                    (&resumed, Setup::PlainRelay, plain.entry, Some(&plain)),
+                    (&resumed, Setup::Mtls, mtls.entry, Some(&mtls)),
+                    (&full_name, Setup::Direct, server, None),
+                    (&full_name, Setup::Mtls, full.entry, Some(&full)),
+                ] {
+                    if !wanted(name) {
+                        continue;
+                    }
+                    let s = measure(name, setup, entry, pair, &ctx.args).await?;
+                    eprintln!(
+                        "  {name:>10} {:>11}: {:.0} {}",
+                        setup.name(),
+                        s.value,
+                        s.unit
+                    );
+                    samples.push(s);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Request/response at concurrency 1 with everything on CPU 0: removes
+/// cross-core wake-ups, leaving the proxies' own added latency.
+fn pinned(ctx: &Ctx, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
+    let w = "rr c1 pinned";
+    if ctx.args.only.as_deref().is_some_and(|o| !w.contains(o)) {
+        return Ok(());
+    }
+    let bin = ctx.bin.clone();
+    let dir: PathBuf = ctx.dir.path().to_path_buf();
+    let args = Args::parse_from(std::env::args());
+    let classic = ctx.args.classic_kx;
+    let out = std::thread::spawn(move || -> anyhow::Result<Vec<Sample>> {
+        procs::pin_self(0)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let server = workloads::start_server().await?;
+            let opts = PairOptions {
+                pin_cpu: Some(0),
+                classic_kx: classic,
+                worker_threads: Some(1),
+                ..Default::default()
+            };
+            let plain = Pair::start(&bin, &dir, Setup::PlainRelay, server, &opts)?;
+            let mtls = Pair::start(&bin, &dir, Setup::Mtls, server, &opts)?;
+            let mut out = Vec::new();
+            for _ in 0..args.repeats {
+                for (setup, entry, pair) in [
+                    (Setup::Direct, server, None),
+                    (Setup::PlainRelay, plain.entry, Some(&plain)),
+                    (Setup::Mtls, mtls.entry, Some(&mtls)),
+                ] {
+                    let s = measure(w, setup, entry, pair, &args).await?;
+                    eprintln!(
+                        "  {w} {:>11}: p50 {:?} µs p99 {:?} µs",
+                        setup.name(),
+                        s.p50_us,
+                        s.p99_us
+                    );
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("pinned run panicked"))??;
+    samples.extend(out);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.repeats = 1;
+        args.bulk_bytes = 64 << 20;
+        args.rr_seconds = 1;
+        args.churn_seconds = 1;
+    }
+    meshlite_proxy::tls::install_provider();
+    let bin = procs::build_proxy()?;
+    let dir = tempfile::tempdir()?;
+    procs::write_credentials(dir.path())?;
+    let ctx = Ctx { bin, dir, args };
+
+    let mut samples = Vec::new();
+    let mut idle = Vec::new();
+    unpinned(&ctx, &mut samples, &mut idle)?;
+    pinned(&ctx, &mut samples)?;
+
+    let summary = report::summarize(&samples);
+    let table = report::table(&summary);
+    println!("\n{table}");
+    for (setup, [c, s]) in &idle {
+        println!(
+            "idle RSS, {setup}: client proxy {:.1} MiB, server proxy {:.1} MiB",
+            c.rss_mib, s.rss_mib
+        );
+    }
+    let json = serde_json::json!({
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "config": {
+            "repeats": ctx.args.repeats, "bulk_bytes": ctx.args.bulk_bytes,
+            "rr_seconds": ctx.args.rr_seconds, "churn_seconds": ctx.args.churn_seconds,
+            "classic_kx": ctx.args.classic_kx,
+        },
+        "idle": idle.iter().map(|(s, u)| serde_json::json!({"setup": s, "client": u[0], "server": u[1]})).collect::<Vec<_>>(),
+        "summary": summary,
+        "samples": samples,
+    });
+    if let Some(parent) = Path::new(&ctx.args.out).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&ctx.args.out, serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(ctx.args.out.with_extension("md"), &table)?;
+    eprintln!(
+        "wrote {} and {}",
+        ctx.args.out.display(),
+        ctx.args.out.with_extension("md").display()
+    );
+    Ok(())
+}
