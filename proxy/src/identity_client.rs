@@ -117,7 +117,10 @@ pub fn refresh_in(
     now: SystemTime,
     jitter: f64,
 ) -> Duration {
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let Ok(lifetime) = not_after.duration_since(not_before) else {
+        // A certificate that ends before it starts is useless: replace it now.
+        return Duration::ZERO;
+    };
     let jitter = jitter.clamp(-1.0, 1.0);
     let offset = lifetime.as_secs_f64() * (0.5 + 0.1 * jitter);
     let at = not_before + Duration::from_secs_f64(offset.max(0.0));
