@@ -1,0 +1,205 @@
+//! The HTTP API: `POST /v1/certificates`, `/healthz`, `/readyz`, `/metrics`.
+//!
+//! One handler for both modes. It reads the request, asks the
+//! [`TokenReviewer`] who is calling, validates the CSR against that identity,
+//! and hands it to the [`SigningBackend`]. Every refusal is a JSON
+//! [`ErrorBody`](meshlite_contract::api::ErrorBody), logged and counted by reason.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use meshlite_contract::CERTIFICATES_PATH;
+use meshlite_contract::api::{CertificateRequest, CertificateResponse};
+use meshlite_contract::identity::TrustDomain;
+use time::format_description::well_known::Rfc3339;
+
+use crate::ApiError;
+use crate::csr;
+use crate::metrics::Metrics;
+use crate::review::TokenReviewer;
+use crate::signer::{SignRequest, SigningBackend};
+
+/// Largest request body read; a CSR request is about 1 KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub reviewer: Arc<dyn TokenReviewer>,
+    pub signer: Arc<dyn SigningBackend>,
+    pub metrics: Arc<Metrics>,
+    pub trust_domain: TrustDomain,
+    /// False until the CA is loaded; `/readyz` reports it.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router for both modes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(CERTIFICATES_PATH, post(issue))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    match s.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn issue(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    match handle(&s, &headers, body).await {
+        Ok(answer) => {
+            s.metrics.request("issued");
+            tracing::info!(identity = %answer.spiffe_id, not_after = %answer.not_after, "issued");
+            (StatusCode::OK, axum::Json(answer)).into_response()
+        }
+        Err(e) => {
+            s.metrics.request(e.label());
+            tracing::warn!(reason = e.label(), error = %e, "refused");
+            error_response(&e)
+        }
+    }
+}
+
+/// The HTTP answer for a refusal: status, JSON body, and `Retry-After` on 503.
+pub fn error_response(e: &ApiError) -> Response {
+    let mut resp = (e.status(), axum::Json(e.body())).into_response();
+    if let Some(after) = e.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+    }
+    resp
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::MissingToken)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(ApiError::MissingToken)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(ApiError::MissingToken);
+    }
+    Ok(token)
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::TooLarge(MAX_BODY));
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::TooLarge(MAX_BODY))
+        }
+        Err(e) => Err(ApiError::MalformedRequest(format!("reading the body: {e}"))),
+    }
+}
+
+async fn handle(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<CertificateResponse, ApiError> {
+    // Cheap checks first, so junk never costs a TokenReview.
+    let token = bearer(headers)?;
+    let bytes = read_body(headers, body).await?;
+    let request: CertificateRequest =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
+    let caller = s.reviewer.review(token).await?;
+    if caller.id.trust_domain() != &s.trust_domain {
+        return Err(ApiError::Internal(
+            "reviewer used another trust domain".into(),
+        ));
+    }
+    let csr = csr::validate(&request.csr, &caller.id)?;
+    let req = SignRequest { caller, csr };
+    let issued = s.signer.sign(&req).await?;
+    let not_after = issued
+        .not_after
+        .format(&Rfc3339)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(CertificateResponse {
+        spiffe_id: req.caller.id.to_uri(),
+        certificate_chain: issued.chain_pem,
+        trust_bundle: s.signer.trust_bundle(),
+        not_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(auth).unwrap());
+        h
+    }
+
+    #[test]
+    fn the_bearer_token_is_taken_from_the_authorization_header_only() {
+        assert_eq!(bearer(&headers("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(&headers("bearer  abc ")), Ok("abc"));
+        assert_eq!(bearer(&headers("Basic abc")), Err(ApiError::MissingToken));
+        assert_eq!(bearer(&headers("Bearer ")), Err(ApiError::MissingToken));
+        assert_eq!(bearer(&HeaderMap::new()), Err(ApiError::MissingToken));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_too_large_even_without_a_content_length() {
+        let big = Body::from(vec![b'x'; MAX_BODY + 1]);
+        assert_eq!(
+            read_body(&HeaderMap::new(), big).await,
+            Err(ApiError::TooLarge(MAX_BODY))
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(MAX_BODY as u64 + 1),
+        );
+        assert_eq!(
+            read_body(&h, Body::empty()).await,
+            Err(ApiError::TooLarge(MAX_BODY))
+        );
+    }
+
+    #[test]
+    fn a_503_carries_retry_after_and_a_json_body() {
+        let resp = error_response(&ApiError::Unavailable("down".into()));
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,93 @@
+//! certd's Prometheus metrics: requests by result (`issued` or the refusal
+//! reason) and the CA's notAfter, so an expiring root pages someone long
+//! before it breaks the mesh.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Shared by every request and the CA reconcile loop.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<ResultLabels, Counter>,
+    ca_not_after: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("meshlite_certd");
+        let requests = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Certificate requests, by result (issued, or the refusal reason)",
+            requests.clone(),
+        );
+        let ca_not_after = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "ca_not_after_seconds",
+            "notAfter of the signing CA chain, Unix seconds",
+            ca_not_after.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            ca_not_after,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, result: &'static str) {
+        self.requests.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// How many requests ended with `result`.
+    pub fn requests(&self, result: &'static str) -> u64 {
+        self.requests.get_or_create(&ResultLabels { result }).get()
+    }
+
+    pub fn set_ca_not_after(&self, unix_seconds: i64) {
+        self.ca_not_after.set(unix_seconds);
+    }
+
+    /// Prometheus/OpenMetrics text.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_requests_by_result_and_the_ca_expiry() {
+        let m = Metrics::default();
+        m.request("issued");
+        m.request("wrong_audience");
+        m.request("issued");
+        m.set_ca_not_after(1_900_000_000);
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("meshlite_certd_requests_total{result=\"issued\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlite_certd_ca_not_after_seconds 1900000000"),
+            "{text}"
+        );
+        assert_eq!(m.requests("wrong_audience"), 1);
+    }
+}
