@@ -34,6 +34,9 @@ struct Args {
     /// Use X25519 only (no post-quantum hybrid) in the mTLS pair.
     #[arg(long)]
     classic_kx: bool,
+    /// Worker threads of each proxy (1 = a current-thread runtime).
+    #[arg(long)]
+    proxy_workers: Option<usize>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "benches/results/latest.json")]
     out: PathBuf,
@@ -157,6 +160,7 @@ fn unpinned(
         let server = workloads::start_server().await?;
         let base = PairOptions {
             classic_kx: ctx.args.classic_kx,
+            worker_threads: ctx.args.proxy_workers,
             ..Default::default()
         };
         let plain = start_pair(ctx, Setup::PlainRelay, server, &base)?;

@@ -266,8 +266,16 @@ fn main() -> anyhow::Result<()> {
             meshlite_proxy::tls::install_provider();
             let workers = args.worker_threads.max(1);
             let config = args.into_config()?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
+            // One worker means a current-thread runtime: no work stealing and no
+            // cross-thread wake-ups on the relay path.
+            let mut builder = if workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(workers);
+                b
+            };
+            let rt = builder
                 .enable_all()
                 .build()
                 .context("building the tokio runtime")?;
