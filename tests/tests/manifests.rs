@@ -1,0 +1,1371 @@
+//! The `deploy/` manifests, checked without a cluster.
+//!
+//! Every document of every file that `deploy/kustomization.yaml` lists, and of
+//! `deploy/examples/`, is parsed into its typed k8s-openapi object and
+//! serialised back. The typed parse silently drops fields it does not know, so
+//! the round trip must give back exactly the YAML: a misspelt or misplaced
+//! field fails here instead of being pruned (or refused) by a real API server.
+//!
+//! The rest checks the manifests against what they must agree with:
+//! - names, ports, labels and settings against `meshlite_contract`;
+//! - the webhook against the documented admission settings;
+//! - the RBAC rules against the API calls each component makes (kept here as a
+//!   table, and cross-checked against the components' source);
+//! - the Deployments' replication, hardening, probes and image;
+//! - the injector's and certd's arguments against their real flags, and the
+//!   injector's config file against its real parser;
+//! - `deploy/install.yaml` against the output of `deploy/render.sh`.
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meshlite_contract as contract;
+use meshlite_injector::InjectorConfig;
+use serde::Deserialize as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------
+// Loading
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn deploy_dir() -> PathBuf {
+    repo_root().join("deploy")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// One YAML document and the file it came from.
+#[derive(Debug, Clone)]
+struct Doc {
+    file: String,
+    value: Value,
+}
+
+impl Doc {
+    fn kind(&self) -> &str {
+        self.value["kind"].as_str().unwrap_or("")
+    }
+
+    fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or("")
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.value["metadata"]["namespace"].as_str()
+    }
+
+    fn what(&self) -> String {
+        format!("{} {}/{}", self.file, self.kind(), self.name())
+    }
+
+    fn typed<K: DeserializeOwned>(&self) -> K {
+        serde_json::from_value(self.value.clone())
+            .unwrap_or_else(|e| panic!("{}: not a valid {}: {e}", self.what(), self.kind()))
+    }
+}
+
+/// Every non-empty document of a (multi-document) YAML text.
+fn parse_docs(file: &str, text: &str) -> Vec<Doc> {
+    serde_yaml::Deserializer::from_str(text)
+        .enumerate()
+        .map(|(i, de)| {
+            let value =
+                Value::deserialize(de).unwrap_or_else(|e| panic!("{file}: YAML document {i}: {e}"));
+            Doc {
+                file: file.to_string(),
+                value,
+            }
+        })
+        .filter(|d| !d.value.is_null())
+        .collect()
+}
+
+/// The `resources:` of `deploy/kustomization.yaml`, in order.
+fn kustomization_resources() -> Vec<String> {
+    let path = deploy_dir().join("kustomization.yaml");
+    let docs = parse_docs("deploy/kustomization.yaml", &read(&path));
+    assert_eq!(docs.len(), 1, "kustomization.yaml holds one document");
+    let k = &docs[0].value;
+    assert_eq!(k["apiVersion"], "kustomize.config.k8s.io/v1beta1");
+    assert_eq!(k["kind"], "Kustomization");
+    k["resources"]
+        .as_array()
+        .expect("kustomization.yaml has a resources list")
+        .iter()
+        .map(|r| r.as_str().expect("resources are file names").to_string())
+        .collect()
+}
+
+/// Documents of the control plane: every listed file that exists (a missing
+/// one is reported by `every_kustomization_resource_exists_and_every_manifest_is_listed`).
+fn control_plane() -> Vec<Doc> {
+    kustomization_resources()
+        .iter()
+        .filter(|f| deploy_dir().join(f).is_file())
+        .flat_map(|f| parse_docs(&format!("deploy/{f}"), &read(&deploy_dir().join(f))))
+        .collect()
+}
+
+fn example_docs() -> Vec<Doc> {
+    let dir = deploy_dir().join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "deploy/examples/ holds no YAML");
+    files
+        .iter()
+        .flat_map(|p| {
+            let label = format!(
+                "deploy/examples/{}",
+                p.file_name().unwrap().to_string_lossy()
+            );
+            parse_docs(&label, &read(p))
+        })
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Doc], kind: &str, name: &str) -> &'a Doc {
+    docs.iter()
+        .find(|d| d.kind() == kind && d.name() == name)
+        .unwrap_or_else(|| panic!("no {kind} named {name:?} in the manifests"))
+}
+
+fn all_of<K: DeserializeOwned>(docs: &[Doc], kind: &str) -> Vec<K> {
+    docs.iter()
+        .filter(|d| d.kind() == kind)
+        .map(Doc::typed)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Round trip
+
+fn round_trip<K: Serialize + DeserializeOwned>(doc: &Doc) -> Value {
+    let typed: K = doc.typed();
+    serde_json::to_value(&typed).unwrap()
+}
+
+/// The document parsed into its typed object and serialised back.
+fn typed_round_trip(doc: &Doc) -> Result<Value, String> {
+    Ok(match doc.kind() {
+        "Namespace" => round_trip::<Namespace>(doc),
+        "ServiceAccount" => round_trip::<ServiceAccount>(doc),
+        "ClusterRole" => round_trip::<ClusterRole>(doc),
+        "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(doc),
+        "Role" => round_trip::<Role>(doc),
+        "RoleBinding" => round_trip::<RoleBinding>(doc),
+        "Deployment" => round_trip::<Deployment>(doc),
+        "Service" => round_trip::<Service>(doc),
+        "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(doc),
+        "ConfigMap" => round_trip::<ConfigMap>(doc),
+        "MutatingWebhookConfiguration" => round_trip::<MutatingWebhookConfiguration>(doc),
+        "Job" => round_trip::<Job>(doc),
+        other => return Err(format!("{}: unexpected kind {other:?}", doc.what())),
+    })
+}
+
+/// Paths at which `got` differs from `want`.
+fn differences(path: &str, want: &Value, got: &Value, out: &mut Vec<String>) {
+    match (want, got) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, va) in a {
+                match b.get(k) {
+                    Some(vb) => differences(&format!("{path}.{k}"), va, vb, out),
+                    None => out.push(format!("{path}.{k}: dropped (not a field of this type?)")),
+                }
+            }
+            for k in b.keys().filter(|k| !a.contains_key(*k)) {
+                out.push(format!("{path}.{k}: added by the round trip"));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (va, vb)) in a.iter().zip(b).enumerate() {
+                differences(&format!("{path}[{i}]"), va, vb, out);
+            }
+        }
+        _ if want == got => {}
+        _ => out.push(format!("{path}: {want} came back as {got}")),
+    }
+}
+
+#[test]
+fn every_manifest_round_trips_through_its_typed_api_object() {
+    let docs: Vec<Doc> = control_plane().into_iter().chain(example_docs()).collect();
+    let mut failures = Vec::new();
+    for doc in &docs {
+        match typed_round_trip(doc) {
+            Ok(back) => {
+                let mut diffs = Vec::new();
+                differences("", &doc.value, &back, &mut diffs);
+                failures.extend(diffs.into_iter().map(|d| format!("{}: {d}", doc.what())));
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "manifests that do not survive a typed round trip:\n{}",
+        failures.join("\n")
+    );
+    assert!(docs.len() >= 15, "only {} documents found", docs.len());
+}
+
+// ---------------------------------------------------------------------------
+// Files, render.sh and install.yaml
+
+#[test]
+fn every_kustomization_resource_exists_and_every_manifest_is_listed() {
+    let listed = kustomization_resources();
+    let missing: Vec<&String> = listed
+        .iter()
+        .filter(|f| !deploy_dir().join(f).is_file())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/kustomization.yaml lists files that do not exist: {missing:?} \
+         (deploy/rbac-certd.yaml, certd's ServiceAccount and RBAC, is written with certd)"
+    );
+    let mut on_disk: Vec<String> = std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml" && f != "install.yaml")
+        .collect();
+    on_disk.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(
+        on_disk, sorted,
+        "every manifest in deploy/ is a kustomization resource"
+    );
+}
+
+#[test]
+fn install_yaml_is_what_render_sh_produces() {
+    let out = std::process::Command::new("bash")
+        .arg(deploy_dir().join("render.sh"))
+        .arg("--stdout")
+        .output()
+        .expect("running bash deploy/render.sh --stdout");
+    assert!(
+        out.status.success(),
+        "deploy/render.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    let committed = read(&deploy_dir().join("install.yaml"));
+    assert!(
+        rendered == committed,
+        "deploy/install.yaml is out of date: run deploy/render.sh"
+    );
+    // And it is the kustomization's resources, in order, document for document.
+    let installed: Vec<Value> = parse_docs("deploy/install.yaml", &committed)
+        .into_iter()
+        .map(|d| d.value)
+        .collect();
+    let sources: Vec<Value> = control_plane().into_iter().map(|d| d.value).collect();
+    assert_eq!(installed, sources);
+}
+
+// ---------------------------------------------------------------------------
+// Namespaces, names and the contract
+
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingWebhookConfiguration",
+];
+
+#[test]
+fn control_plane_objects_live_in_the_system_namespace_which_is_never_injected() {
+    let docs = control_plane();
+    for doc in &docs {
+        if CLUSTER_SCOPED.contains(&doc.kind()) {
+            assert_eq!(doc.namespace(), None, "{} is cluster-scoped", doc.what());
+        } else {
+            assert_eq!(
+                doc.namespace(),
+                Some(contract::SYSTEM_NAMESPACE),
+                "{} must name its namespace (the kustomization sets none)",
+                doc.what()
+            );
+        }
+    }
+    let ns: Namespace = find(&docs, "Namespace", contract::SYSTEM_NAMESPACE).typed();
+    let labels = ns.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get(contract::INJECT_LABEL).map(String::as_str),
+        Some(contract::INJECT_DISABLED),
+        "the control plane's namespace opts out of injection"
+    );
+}
+
+fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    assert!(
+        selector.match_expressions.is_none(),
+        "the manifests select pods by matchLabels only"
+    );
+    let want = selector.match_labels.clone().unwrap_or_default();
+    !want.is_empty() && want.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn pod_labels(d: &Deployment) -> BTreeMap<String, String> {
+    template(d)
+        .metadata
+        .clone()
+        .unwrap()
+        .labels
+        .unwrap_or_default()
+}
+
+fn template(d: &Deployment) -> &PodTemplateSpec {
+    &d.spec.as_ref().unwrap().template
+}
+
+fn pod_spec(d: &Deployment) -> &PodSpec {
+    template(d).spec.as_ref().unwrap()
+}
+
+fn deployment(docs: &[Doc], name: &str) -> Deployment {
+    find(docs, "Deployment", name).typed()
+}
+
+/// The one container of a control-plane Deployment.
+fn only_container(d: &Deployment) -> &Container {
+    let containers = &pod_spec(d).containers;
+    assert_eq!(containers.len(), 1, "{:?}: one container", d.metadata.name);
+    &containers[0]
+}
+
+/// The Service that selects the Deployment's pods.
+fn service_for(docs: &[Doc], d: &Deployment) -> Service {
+    let labels = pod_labels(d);
+    let matching: Vec<Service> = all_of::<Service>(docs, "Service")
+        .into_iter()
+        .filter(|s| {
+            let sel = s
+                .spec
+                .as_ref()
+                .unwrap()
+                .selector
+                .clone()
+                .unwrap_or_default();
+            !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "exactly one Service selects {:?}",
+        d.metadata.name
+    );
+    matching.into_iter().next().unwrap()
+}
+
+fn config_map(docs: &[Doc]) -> BTreeMap<String, String> {
+    let cms: Vec<ConfigMap> = all_of(docs, "ConfigMap");
+    assert_eq!(
+        cms.len(),
+        1,
+        "one ConfigMap holds the control plane's config"
+    );
+    cms[0].data.clone().unwrap_or_default()
+}
+
+fn config_map_name(docs: &[Doc]) -> String {
+    docs.iter()
+        .find(|d| d.kind() == "ConfigMap")
+        .unwrap()
+        .name()
+        .to_string()
+}
+
+fn injector_config(docs: &[Doc]) -> InjectorConfig {
+    let text = config_map(docs)
+        .get("injector.yaml")
+        .cloned()
+        .expect("the ConfigMap has key injector.yaml");
+    InjectorConfig::from_text(&text, "ConfigMap key injector.yaml")
+        .unwrap_or_else(|e| panic!("the injector would refuse its config: {e}"))
+}
+
+/// The value of a container env var: literal, or through a ConfigMap key.
+fn env_value(docs: &[Doc], c: &Container, name: &str) -> String {
+    let var = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("container {} has no env {name}", c.name));
+    if let Some(v) = &var.value {
+        return v.clone();
+    }
+    let key_ref = var
+        .value_from
+        .as_ref()
+        .and_then(|f| f.config_map_key_ref.as_ref())
+        .unwrap_or_else(|| panic!("env {name}: neither a value nor a ConfigMap key"));
+    assert_eq!(key_ref.name, config_map_name(docs), "env {name}");
+    config_map(docs)
+        .get(&key_ref.key)
+        .cloned()
+        .unwrap_or_else(|| panic!("env {name}: the ConfigMap has no key {}", key_ref.key))
+}
+
+#[test]
+fn webhook_matches_the_contract_and_the_documented_settings() {
+    let docs = control_plane();
+    let cfg: MutatingWebhookConfiguration = find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        contract::WEBHOOK_CONFIGURATION,
+    )
+    .typed();
+    let hooks = cfg.webhooks.unwrap_or_default();
+    assert_eq!(hooks.len(), 1, "one webhook");
+    let hook = &hooks[0];
+    assert_eq!(
+        hook.name.split('.').count(),
+        3,
+        "a fully qualified webhook name"
+    );
+    assert_eq!(hook.admission_review_versions, vec!["v1".to_string()]);
+    assert_eq!(hook.side_effects, "None");
+    assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    assert_eq!(hook.match_policy.as_deref(), Some("Equivalent"));
+    let timeout = hook.timeout_seconds.expect("timeoutSeconds is explicit");
+    assert!(
+        (1..=30).contains(&timeout),
+        "the API allows 1..=30 seconds, got {timeout}"
+    );
+
+    // Pod CREATE only.
+    let rules = hook.rules.clone().unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    let rule = &rules[0];
+    assert_eq!(rule.operations, Some(vec!["CREATE".to_string()]));
+    assert_eq!(rule.api_groups, Some(vec![String::new()]));
+    assert_eq!(rule.api_versions, Some(vec!["v1".to_string()]));
+    assert_eq!(rule.resources, Some(vec!["pods".to_string()]));
+
+    // Labelled namespaces only, never the control plane's own.
+    let ns_sel = hook
+        .namespace_selector
+        .clone()
+        .expect("a namespaceSelector");
+    assert_eq!(
+        ns_sel.match_labels,
+        Some(BTreeMap::from([(
+            contract::INJECT_LABEL.to_string(),
+            contract::INJECT_ENABLED.to_string()
+        )]))
+    );
+    let excluded = ns_sel.match_expressions.unwrap_or_default();
+    assert!(
+        excluded
+            .iter()
+            .any(|e| e.key == "kubernetes.io/metadata.name"
+                && e.operator == "NotIn"
+                && e.values
+                    .iter()
+                    .flatten()
+                    .any(|v| v == contract::SYSTEM_NAMESPACE)),
+        "the namespaceSelector excludes {} by name",
+        contract::SYSTEM_NAMESPACE
+    );
+
+    // Pods labelled inject=disabled are not sent (the label may be absent).
+    let obj_sel = hook.object_selector.clone().expect("an objectSelector");
+    assert_eq!(obj_sel.match_labels, None);
+    let exprs = obj_sel.match_expressions.unwrap_or_default();
+    assert_eq!(exprs.len(), 1);
+    assert_eq!(exprs[0].key, contract::INJECT_LABEL);
+    assert_eq!(exprs[0].operator, "NotIn");
+    assert_eq!(
+        exprs[0].values,
+        Some(vec![contract::INJECT_DISABLED.to_string()])
+    );
+
+    // certd fills in the caBundle; the manifest leaves it out so that
+    // re-applying does not clear it.
+    assert_eq!(hook.client_config.ca_bundle, None);
+    assert_eq!(hook.client_config.url, None);
+    let svc_ref = hook
+        .client_config
+        .service
+        .clone()
+        .expect("a Service reference");
+    assert_eq!(svc_ref.namespace, contract::SYSTEM_NAMESPACE);
+    assert_eq!(svc_ref.path.as_deref(), Some("/mutate"));
+    let port = svc_ref.port.unwrap_or(443);
+
+    // That Service reaches the injector's webhook port on the injector's pods.
+    let svc: Service = find(&docs, "Service", &svc_ref.name).typed();
+    let injector = deployment(&docs, "meshlite-injector");
+    assert_eq!(
+        service_for(&docs, &injector).metadata.name,
+        svc.metadata.name
+    );
+    let svc_port = svc
+        .spec
+        .unwrap()
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.port == port)
+        .unwrap_or_else(|| panic!("Service {} has no port {port}", svc_ref.name));
+    assert_eq!(
+        svc_port.target_port,
+        Some(IntOrString::Int(i32::from(contract::INJECTOR_PORT)))
+    );
+}
+
+#[test]
+fn injector_runs_with_its_real_flags_config_and_serving_secret() {
+    let docs = control_plane();
+    let d = deployment(&docs, "meshlite-injector");
+    let c = only_container(&d);
+    assert_eq!(c.command, Some(vec!["meshlite-injector".to_string()]));
+    assert_eq!(container_ports(c), vec![i32::from(contract::INJECTOR_PORT)]);
+    for probe in [&c.liveness_probe, &c.readiness_probe] {
+        assert_https_get(probe, contract::INJECTOR_PORT, "/healthz");
+    }
+
+    let flags = flags(c);
+    let main = read(&repo_root().join("injector/src/main.rs"));
+    for flag in flags.keys() {
+        assert!(
+            main.contains(&format!("    {}:", flag.replace('-', "_"))),
+            "meshlite-injector has no flag --{flag} (injector/src/main.rs)"
+        );
+    }
+    // The serving certificate and key come from one kubernetes.io/tls Secret.
+    let spec = pod_spec(&d);
+    let (cert_vol, cert_file) = mounted(spec, c, &flags["tls-cert"]);
+    let (key_vol, key_file) = mounted(spec, c, &flags["tls-key"]);
+    assert_eq!(cert_vol, key_vol);
+    assert_eq!(
+        (cert_file.as_str(), key_file.as_str()),
+        ("tls.crt", "tls.key")
+    );
+    let secret = volume(spec, &cert_vol)
+        .secret
+        .clone()
+        .expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("meshlite-injector-tls"));
+    // The config file is the ConfigMap's injector.yaml, and parses.
+    let (cfg_vol, cfg_file) = mounted(spec, c, &flags["config"]);
+    let cm = volume(spec, &cfg_vol)
+        .config_map
+        .clone()
+        .expect("a ConfigMap volume");
+    assert_eq!(cm.name, config_map_name(&docs));
+    let item = cm
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .find(|i| i.path == cfg_file)
+        .expect("the config file is a ConfigMap item");
+    assert_eq!(item.key, "injector.yaml");
+    let cfg = injector_config(&docs);
+    assert!(!cfg.legacy_mode, "native sidecars by default (1.29+)");
+}
+
+#[test]
+fn certd_runs_with_its_real_flags_and_the_contract_settings() {
+    let docs = control_plane();
+    let d = deployment(&docs, "meshlite-certd");
+    let c = only_container(&d);
+    assert_eq!(c.command, Some(vec!["meshlite-certd".to_string()]));
+    assert_eq!(container_ports(c), vec![i32::from(contract::CERTD_PORT)]);
+    assert_https_get(&c.liveness_probe, contract::CERTD_PORT, "/healthz");
+    assert_https_get(&c.readiness_probe, contract::CERTD_PORT, "/readyz");
+
+    // Every flag, subcommand and env var is one certd declares.
+    let config_rs = read(&repo_root().join("certd/src/config.rs"));
+    for arg in c.args.iter().flatten() {
+        match arg.strip_prefix("--") {
+            Some(flag) => {
+                let field = flag.split('=').next().unwrap().replace('-', "_");
+                assert!(
+                    config_rs.contains(&format!("pub {field}:")),
+                    "meshlite-certd has no flag --{flag} (certd/src/config.rs)"
+                );
+            }
+            None => {
+                let mut variant = arg.clone();
+                variant[..1].make_ascii_uppercase();
+                assert!(
+                    config_rs.contains(&format!("    {variant},")),
+                    "meshlite-certd has no subcommand {arg} (certd/src/config.rs)"
+                );
+            }
+        }
+    }
+    for var in c.env.iter().flatten() {
+        assert!(
+            config_rs.contains(&format!("env = \"{}\"", var.name)),
+            "meshlite-certd reads no env {} (certd/src/config.rs)",
+            var.name
+        );
+    }
+    assert_eq!(
+        env_value(&docs, c, "CERTD_SIGNER_NAME"),
+        contract::SIGNER_NAME
+    );
+    assert_eq!(
+        env_value(&docs, c, "CERTD_AUDIENCE"),
+        contract::TOKEN_AUDIENCE
+    );
+    assert_eq!(env_value(&docs, c, "CERTD_CA_SECRET"), contract::CA_SECRET);
+    assert_eq!(
+        env_value(&docs, c, "CERTD_CA_NAMESPACE"),
+        contract::SYSTEM_NAMESPACE
+    );
+    let lifetime: u64 = env_value(&docs, c, "CERTD_LIFETIME_SECONDS")
+        .parse()
+        .unwrap();
+    assert!(
+        (600..=86_400).contains(&lifetime),
+        "lifetime {lifetime}s is outside 10 minutes to 24 hours"
+    );
+    let pod_ns = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_NAMESPACE")
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .expect("POD_NAMESPACE from the downward API");
+    assert_eq!(pod_ns.field_path, "metadata.namespace");
+
+    // The proxies find certd where the injector tells them, and both agree
+    // on the trust domain.
+    let svc = service_for(&docs, &d);
+    let svc_name = svc.metadata.name.clone().unwrap();
+    let ports = svc.spec.unwrap().ports.unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, i32::from(contract::CERTD_PORT));
+    assert_eq!(
+        ports[0].target_port,
+        Some(IntOrString::Int(i32::from(contract::CERTD_PORT)))
+    );
+    assert!(
+        c.args
+            .iter()
+            .flatten()
+            .any(|a| a == &format!("--service-name={svc_name}")),
+        "certd's serving certificate names its Service"
+    );
+    let cfg = injector_config(&docs);
+    assert_eq!(
+        cfg.certd_url,
+        format!(
+            "https://{svc_name}.{}.svc:{}",
+            contract::SYSTEM_NAMESPACE,
+            contract::CERTD_PORT
+        )
+    );
+    assert_eq!(cfg.trust_domain, env_value(&docs, c, "CERTD_TRUST_DOMAIN"));
+    assert_eq!(cfg.trust_domain, contract::DEFAULT_TRUST_DOMAIN);
+    assert_eq!(
+        pod_spec(&d).service_account_name.as_deref(),
+        Some("meshlite-certd")
+    );
+}
+
+fn container_ports(c: &Container) -> Vec<i32> {
+    c.ports.iter().flatten().map(|p| p.container_port).collect()
+}
+
+fn assert_https_get(probe: &Option<Probe>, port: u16, path: &str) {
+    let get = probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("an httpGet probe");
+    assert_eq!(get.port, IntOrString::Int(i32::from(port)));
+    assert_eq!(get.path.as_deref(), Some(path));
+    assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+}
+
+/// `--flag=value` arguments as a map.
+fn flags(c: &Container) -> BTreeMap<String, String> {
+    c.args
+        .iter()
+        .flatten()
+        .map(|a| {
+            let (k, v) = a
+                .strip_prefix("--")
+                .and_then(|f| f.split_once('='))
+                .unwrap_or_else(|| panic!("{}: argument {a:?} is not --flag=value", c.name));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// The volume and file name under which `path` is mounted in `c`.
+fn mounted(spec: &PodSpec, c: &Container, path: &str) -> (String, String) {
+    let (dir, file) = path.rsplit_once('/').unwrap();
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == dir)
+        .unwrap_or_else(|| panic!("{path} is not under a volume mount of {}", c.name));
+    assert_eq!(
+        mount.read_only,
+        Some(true),
+        "{} is mounted read-only",
+        mount.mount_path
+    );
+    volume(spec, &mount.name);
+    (mount.name.clone(), file.to_string())
+}
+
+fn volume<'a>(spec: &'a PodSpec, name: &str) -> &'a k8s_openapi::api::core::v1::Volume {
+    spec.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+// ---------------------------------------------------------------------------
+// Deployments
+
+#[test]
+fn deployments_are_replicated_spread_hardened_probed_and_share_one_image() {
+    let docs = control_plane();
+    let deployments: Vec<Deployment> = all_of(&docs, "Deployment");
+    let names: BTreeSet<String> = deployments
+        .iter()
+        .map(|d| d.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "meshlite-certd".to_string(),
+            "meshlite-injector".to_string()
+        ])
+    );
+    let cfg = injector_config(&docs);
+    let pdbs: Vec<PodDisruptionBudget> = all_of(&docs, "PodDisruptionBudget");
+    let accounts: Vec<String> = all_of::<ServiceAccount>(&docs, "ServiceAccount")
+        .into_iter()
+        .map(|sa| sa.metadata.name.unwrap())
+        .collect();
+
+    for d in &deployments {
+        let name = d.metadata.name.clone().unwrap();
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(2), "{name}: two replicas");
+        let labels = pod_labels(d);
+        assert!(
+            selector_matches(&spec.selector, &labels),
+            "{name}: selector"
+        );
+        let rolling = spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.as_ref())
+            .expect("a rolling update");
+        assert_eq!(
+            rolling.max_unavailable,
+            Some(IntOrString::Int(0)),
+            "{name}: a rollout never drops below two ready replicas"
+        );
+
+        let pod = pod_spec(d);
+        let sa = pod.service_account_name.clone().expect("a ServiceAccount");
+        assert_eq!(sa, name, "{name} runs as its own ServiceAccount");
+        if !accounts.contains(&sa) {
+            assert!(
+                !deploy_dir().join("rbac-certd.yaml").is_file(),
+                "{name}: ServiceAccount {sa} is not in the manifests"
+            );
+        }
+        let spread = pod.topology_spread_constraints.clone().unwrap_or_default();
+        assert!(
+            spread
+                .iter()
+                .any(|t| t.topology_key == "kubernetes.io/hostname"
+                    && t.label_selector
+                        .as_ref()
+                        .is_some_and(|s| selector_matches(s, &labels))),
+            "{name}: replicas are spread across nodes"
+        );
+
+        let psc = pod.security_context.clone().unwrap_or_default();
+        assert_eq!(psc.run_as_non_root, Some(true), "{name}: pod runAsNonRoot");
+        assert!(
+            psc.run_as_user.is_some_and(|u| u != 0),
+            "{name}: a non-root UID"
+        );
+        assert_eq!(
+            psc.seccomp_profile.map(|s| s.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        assert!(pod.host_network.is_none() && pod.init_containers.is_none());
+
+        let c = only_container(d);
+        let sc = c
+            .security_context
+            .clone()
+            .expect("a container securityContext");
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{name}");
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{name}");
+        assert_eq!(sc.run_as_non_root, Some(true), "{name}");
+        assert_eq!(sc.privileged, None, "{name}");
+        let caps = sc.capabilities.expect("capabilities");
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]), "{name}");
+        assert_eq!(caps.add, None, "{name}: no capability added");
+        assert_eq!(
+            sc.seccomp_profile.map(|s| s.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+
+        for (kind, probe) in [
+            ("startup", &c.startup_probe),
+            ("liveness", &c.liveness_probe),
+            ("readiness", &c.readiness_probe),
+        ] {
+            assert!(probe.is_some(), "{name}: a {kind} probe");
+        }
+        let res = c.resources.clone().expect("resources");
+        let requests = res.requests.unwrap_or_default();
+        assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+        assert!(res.limits.unwrap_or_default().contains_key("memory"));
+
+        // One image for the control plane and for what the injector injects.
+        assert_eq!(
+            c.image.as_deref(),
+            Some(cfg.image.as_str()),
+            "{name}: image"
+        );
+        assert_eq!(c.image_pull_policy, cfg.image_pull_policy, "{name}");
+
+        // A disruption budget keeps one replica through drains.
+        let pdb = pdbs
+            .iter()
+            .find(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.selector.as_ref())
+                    .is_some_and(|s| selector_matches(s, &labels))
+            })
+            .unwrap_or_else(|| panic!("{name}: no PodDisruptionBudget selects its pods"));
+        let pdb_spec = pdb.spec.as_ref().unwrap();
+        assert_eq!(pdb_spec.min_available, Some(IntOrString::Int(1)), "{name}");
+        assert_eq!(pdb_spec.max_unavailable, None);
+    }
+    assert_eq!(pdbs.len(), deployments.len());
+}
+
+// ---------------------------------------------------------------------------
+// RBAC
+
+/// Where a grant applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scope {
+    Cluster,
+    /// The control plane's namespace only (a Role).
+    System,
+}
+
+/// One API call a component makes: verbs on a resource (or subresource),
+/// optionally restricted to named objects.
+#[derive(Debug)]
+struct Call {
+    scope: Scope,
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+    names: &'static [&'static str],
+}
+
+/// The injector reads the namespace of the pod under review.
+const INJECTOR_CALLS: &[Call] = &[Call {
+    scope: Scope::Cluster,
+    group: "",
+    resource: "namespaces",
+    verbs: &["get"],
+    names: &[],
+}];
+
+/// certd (DESIGN.md, "Certificates"; certd/src/kube/).
+const CERTD_CALLS: &[Call] = &[
+    // TokenReview with audience meshlite-certd.
+    Call {
+        scope: Scope::Cluster,
+        group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        verbs: &["create"],
+        names: &[],
+    },
+    // Create the CSR, read it back, watch it for an external signer, delete it.
+    Call {
+        scope: Scope::Cluster,
+        group: "certificates.k8s.io",
+        resource: "certificatesigningrequests",
+        verbs: &["create", "get", "list", "watch", "delete"],
+        names: &[],
+    },
+    Call {
+        scope: Scope::Cluster,
+        group: "certificates.k8s.io",
+        resource: "certificatesigningrequests/approval",
+        verbs: &["update"],
+        names: &[],
+    },
+    Call {
+        scope: Scope::Cluster,
+        group: "certificates.k8s.io",
+        resource: "certificatesigningrequests/status",
+        verbs: &["update"],
+        names: &[],
+    },
+    // The API server checks these on approval and on signing.
+    Call {
+        scope: Scope::Cluster,
+        group: "certificates.k8s.io",
+        resource: "signers",
+        verbs: &["approve", "sign"],
+        names: &[contract::SIGNER_NAME],
+    },
+    // Find the labelled namespaces; keep their trust-bundle ConfigMap current.
+    Call {
+        scope: Scope::Cluster,
+        group: "",
+        resource: "namespaces",
+        verbs: &["list"],
+        names: &[],
+    },
+    Call {
+        scope: Scope::Cluster,
+        group: "",
+        resource: "configmaps",
+        verbs: &["get", "create", "update"],
+        names: &[],
+    },
+    // Keep the webhook's caBundle current.
+    Call {
+        scope: Scope::Cluster,
+        group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["get", "patch"],
+        names: &[contract::WEBHOOK_CONFIGURATION],
+    },
+    // Load the CA Secret, or create it on first start (a create cannot be
+    // restricted by name).
+    Call {
+        scope: Scope::System,
+        group: "",
+        resource: "secrets",
+        verbs: &["get"],
+        names: &[contract::CA_SECRET],
+    },
+    Call {
+        scope: Scope::System,
+        group: "",
+        resource: "secrets",
+        verbs: &["create"],
+        names: &[],
+    },
+];
+
+/// (scope, group, resource, verb, resourceName)
+type Grant = (Scope, String, String, String, Option<String>);
+
+fn expected_grants(calls: &[Call]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for call in calls {
+        for verb in call.verbs {
+            let names: Vec<Option<String>> = if call.names.is_empty() {
+                vec![None]
+            } else {
+                call.names.iter().map(|n| Some(n.to_string())).collect()
+            };
+            for name in names {
+                out.insert((
+                    call.scope,
+                    call.group.to_string(),
+                    call.resource.to_string(),
+                    verb.to_string(),
+                    name,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn expand_rules(what: &str, scope: Scope, rules: &[PolicyRule], out: &mut BTreeSet<Grant>) {
+    for rule in rules {
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "{what}: no nonResourceURLs"
+        );
+        let groups = rule.api_groups.clone().unwrap_or_default();
+        let resources = rule.resources.clone().unwrap_or_default();
+        assert!(
+            !groups.is_empty() && !resources.is_empty() && !rule.verbs.is_empty(),
+            "{what}: a rule names groups, resources and verbs"
+        );
+        let names: Vec<Option<String>> = match &rule.resource_names {
+            Some(n) if !n.is_empty() => n.iter().cloned().map(Some).collect(),
+            _ => vec![None],
+        };
+        for text in groups.iter().chain(&resources).chain(&rule.verbs) {
+            assert!(!text.contains('*'), "{what}: wildcard {text:?}");
+        }
+        for name in names.iter().flatten() {
+            assert!(
+                !name.contains('*'),
+                "{what}: wildcard resourceName {name:?}"
+            );
+        }
+        for g in &groups {
+            for r in &resources {
+                for v in &rule.verbs {
+                    for n in &names {
+                        out.insert((scope, g.clone(), r.clone(), v.clone(), n.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything the bindings in `docs` grant to ServiceAccount `sa` of the
+/// control plane's namespace.
+fn granted_to(docs: &[Doc], sa: &str) -> BTreeSet<Grant> {
+    let is_subject = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+        subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount"
+                && s.name == sa
+                && s.namespace.as_deref() == Some(contract::SYSTEM_NAMESPACE)
+        })
+    };
+    let mut out = BTreeSet::new();
+    for b in all_of::<ClusterRoleBinding>(docs, "ClusterRoleBinding") {
+        if !is_subject(&b.subjects) {
+            continue;
+        }
+        assert_eq!(b.role_ref.kind, "ClusterRole");
+        let role: ClusterRole = find(docs, "ClusterRole", &b.role_ref.name).typed();
+        assert!(role.aggregation_rule.is_none());
+        let what = format!("ClusterRole {}", b.role_ref.name);
+        expand_rules(
+            &what,
+            Scope::Cluster,
+            &role.rules.unwrap_or_default(),
+            &mut out,
+        );
+    }
+    for b in all_of::<RoleBinding>(docs, "RoleBinding") {
+        if !is_subject(&b.subjects) {
+            continue;
+        }
+        assert_eq!(
+            b.metadata.namespace.as_deref(),
+            Some(contract::SYSTEM_NAMESPACE),
+            "RoleBindings only in the control plane's namespace"
+        );
+        let rules = match b.role_ref.kind.as_str() {
+            "Role" => {
+                let role: Role = find(docs, "Role", &b.role_ref.name).typed();
+                assert_eq!(role.metadata.namespace, b.metadata.namespace);
+                role.rules.unwrap_or_default()
+            }
+            "ClusterRole" => find(docs, "ClusterRole", &b.role_ref.name)
+                .typed::<ClusterRole>()
+                .rules
+                .unwrap_or_default(),
+            other => panic!("RoleBinding to a {other}"),
+        };
+        let what = format!("{} {}", b.role_ref.kind, b.role_ref.name);
+        expand_rules(&what, Scope::System, &rules, &mut out);
+    }
+    out
+}
+
+fn assert_exact_grants(component: &str, granted: &BTreeSet<Grant>, calls: &[Call]) {
+    let expected = expected_grants(calls);
+    let extra: Vec<&Grant> = granted.difference(&expected).collect();
+    let missing: Vec<&Grant> = expected.difference(granted).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{component}'s RBAC differs from the API calls it makes\n  granted but not needed: {extra:#?}\n  needed but not granted: {missing:#?}"
+    );
+}
+
+#[test]
+fn injector_rbac_grants_exactly_its_api_calls() {
+    let docs = control_plane();
+    let granted = granted_to(&docs, "meshlite-injector");
+    assert_exact_grants("the injector", &granted, INJECTOR_CALLS);
+}
+
+#[test]
+fn certd_rbac_grants_exactly_its_api_calls() {
+    let path = deploy_dir().join("rbac-certd.yaml");
+    assert!(
+        path.is_file(),
+        "deploy/rbac-certd.yaml is missing: certd's ServiceAccount and RBAC \
+         (written with certd) must exist before its grants can be checked"
+    );
+    let docs = control_plane();
+    let accounts: Vec<Doc> = parse_docs("deploy/rbac-certd.yaml", &read(&path))
+        .into_iter()
+        .filter(|d| d.kind() == "ServiceAccount")
+        .collect();
+    assert!(
+        accounts
+            .iter()
+            .any(|d| d.name() == "meshlite-certd"
+                && d.namespace() == Some(contract::SYSTEM_NAMESPACE)),
+        "rbac-certd.yaml defines ServiceAccount meshlite-certd in {}",
+        contract::SYSTEM_NAMESPACE
+    );
+    let granted = granted_to(&docs, "meshlite-certd");
+    assert_exact_grants("certd", &granted, CERTD_CALLS);
+}
+
+/// Non-test Rust source of a crate: every `.rs` under `src/` except `tests.rs`
+/// files, each cut at its `#[cfg(test)]` module.
+fn crate_source(dir: &str) -> String {
+    fn walk(dir: &Path, out: &mut String) {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs")
+                && p.file_name().is_some_and(|n| n != "tests.rs")
+            {
+                let text = read(&p);
+                out.push_str(text.split("#[cfg(test)]").next().unwrap_or(""));
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(&repo_root().join(dir).join("src"), &mut out);
+    out
+}
+
+/// The `T` of every `Api<T>` / `Api::<T>` in the source.
+fn api_types(source: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for pat in ["Api<", "Api::<"] {
+        for (i, _) in source.match_indices(pat) {
+            let rest = &source[i + pat.len()..];
+            let ty: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let ty = ty.rsplit("::").next().unwrap().to_string();
+            if !ty.is_empty() {
+                out.insert(ty);
+            }
+        }
+    }
+    out
+}
+
+/// The API resource of a k8s-openapi type the components use.
+fn resource_of(ty: &str) -> &'static str {
+    match ty {
+        "Namespace" => "namespaces",
+        "ConfigMap" => "configmaps",
+        "Secret" => "secrets",
+        "TokenReview" => "tokenreviews",
+        "CertificateSigningRequest" => "certificatesigningrequests",
+        "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations",
+        other => panic!(
+            "the source uses Api<{other}>: add its resource here and its calls to the RBAC table"
+        ),
+    }
+}
+
+fn base_resources(calls: &[Call]) -> BTreeSet<&'static str> {
+    calls
+        .iter()
+        .map(|c| c.resource.split('/').next().unwrap())
+        .filter(|r| *r != "signers")
+        .collect()
+}
+
+#[test]
+fn injector_source_makes_only_the_listed_api_calls() {
+    let source = crate_source("injector");
+    let used: BTreeSet<&str> = api_types(&source).iter().map(|t| resource_of(t)).collect();
+    assert_eq!(used, base_resources(INJECTOR_CALLS));
+    // The one Api<Namespace> is only ever read by name.
+    let webhook = read(&repo_root().join("injector/src/webhook.rs"));
+    let start = webhook
+        .find("impl NamespaceLookup for KubeNamespaces")
+        .expect("injector/src/webhook.rs implements NamespaceLookup for KubeNamespaces");
+    let body = &webhook[start..];
+    let body = &body[..body[1..].find("\nimpl ").map_or(body.len(), |i| i + 1)];
+    let calls: Vec<&str> = body
+        .match_indices("self.0.")
+        .map(|(i, _)| {
+            let rest = &body[i + "self.0.".len()..];
+            &rest[..rest.find('(').unwrap_or(rest.len())]
+        })
+        .collect();
+    assert_eq!(calls, vec!["get"], "KubeNamespaces calls only get");
+}
+
+#[test]
+fn certd_source_uses_the_listed_resources_and_verbs() {
+    let source = crate_source("certd");
+    let used: BTreeSet<&str> = api_types(&source).iter().map(|t| resource_of(t)).collect();
+    assert_eq!(
+        used,
+        base_resources(CERTD_CALLS),
+        "the resources certd's code touches and the RBAC table name the same set"
+    );
+    let table = expected_grants(CERTD_CALLS);
+    let grants = |resource: &str, verb: &str| {
+        table
+            .iter()
+            .any(|(_, _, r, v, _)| r == resource && v == verb)
+    };
+    // kube::Api methods and the (sub)resource and verb each needs.
+    let methods: &[(&str, &str, &str)] = &[
+        (
+            ".replace_subresource(\"approval\"",
+            "certificatesigningrequests/approval",
+            "update",
+        ),
+        (
+            ".replace_status(",
+            "certificatesigningrequests/status",
+            "update",
+        ),
+        (".watch(", "certificatesigningrequests", "watch"),
+        (".delete(", "certificatesigningrequests", "delete"),
+        (".list(", "namespaces", "list"),
+        (".replace(", "configmaps", "update"),
+        (".patch(", "mutatingwebhookconfigurations", "patch"),
+    ];
+    for (method, resource, verb) in methods {
+        assert_eq!(
+            source.contains(method),
+            grants(resource, verb),
+            "certd's code and the table disagree on {method} ({verb} {resource})"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Examples
+
+fn templates(docs: &[Doc]) -> Vec<(String, PodTemplateSpec)> {
+    let mut out = Vec::new();
+    for doc in docs {
+        match doc.kind() {
+            "Deployment" => {
+                out.push((doc.what(), doc.typed::<Deployment>().spec.unwrap().template))
+            }
+            "Job" => out.push((doc.what(), doc.typed::<Job>().spec.unwrap().template)),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn examples_opt_in_and_show_strict_mode_an_allow_list_an_opt_out_and_a_job() {
+    let docs = example_docs();
+    let namespaces: Vec<Namespace> = all_of(&docs, "Namespace");
+    assert_eq!(namespaces.len(), 1);
+    let ns = namespaces[0].metadata.name.clone().unwrap();
+    assert_ne!(ns, contract::SYSTEM_NAMESPACE);
+    assert_eq!(
+        namespaces[0]
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .get(contract::INJECT_LABEL)
+            .map(String::as_str),
+        Some(contract::INJECT_ENABLED)
+    );
+    for doc in docs.iter().filter(|d| d.kind() != "Namespace") {
+        assert_eq!(doc.namespace(), Some(ns.as_str()), "{}", doc.what());
+    }
+    let accounts: BTreeSet<String> = all_of::<ServiceAccount>(&docs, "ServiceAccount")
+        .into_iter()
+        .map(|sa| sa.metadata.name.unwrap())
+        .collect();
+    let td = contract::TrustDomain::new(contract::DEFAULT_TRUST_DOMAIN).unwrap();
+    let id = |sa: &str| contract::SpiffeId::new(td.clone(), &ns, sa).unwrap();
+
+    let (mut strict, mut allow, mut opt_out) = (0, 0, 0);
+    for (what, t) in templates(&docs) {
+        let meta = t.metadata.clone().unwrap_or_default();
+        let annotations = meta.annotations.unwrap_or_default();
+        let labels = meta.labels.unwrap_or_default();
+        let sa = t.spec.as_ref().unwrap().service_account_name.clone();
+        if let Some(sa) = &sa {
+            assert!(
+                accounts.contains(sa),
+                "{what}: ServiceAccount {sa} is in the example"
+            );
+        }
+        if let Some(mode) = annotations.get(contract::MODE_ANNOTATION) {
+            let mode: contract::Mode = mode.parse().unwrap();
+            strict += usize::from(mode == contract::Mode::Strict);
+        }
+        if let Some(value) = annotations.get(contract::ALLOW_ANNOTATION) {
+            let list = contract::AllowList::parse(value).unwrap();
+            allow += 1;
+            // The client may connect; the namespace's default account may not.
+            assert!(list.allows(&id("demo-client"), &td), "{what}: {value}");
+            assert!(!list.allows(&id("default"), &td), "{what}: {value}");
+        }
+        if labels.get(contract::INJECT_LABEL).map(String::as_str) == Some(contract::INJECT_DISABLED)
+        {
+            opt_out += 1;
+            assert_eq!(
+                sa, None,
+                "{what}: the opt-out pod runs as the default account"
+            );
+        }
+    }
+    assert!(strict >= 1 && allow >= 1 && opt_out >= 1);
+    assert!(accounts.contains("demo-client"));
+    assert!(
+        !all_of::<Job>(&docs, "Job").is_empty(),
+        "a Job shows completion"
+    );
+}
