@@ -1369,3 +1369,163 @@ fn examples_opt_in_and_show_strict_mode_an_allow_list_an_opt_out_and_a_job() {
         "a Job shows completion"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The image and the injector's certificate
+
+#[test]
+fn dockerfile_builds_every_binary_the_manifests_and_the_injector_run() {
+    let dockerfile = read(&deploy_dir().join("Dockerfile"));
+    // The injector's containers carry only `args`, so the proxy is the entrypoint.
+    assert!(
+        dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/meshlite-proxy\"]"),
+        "meshlite-proxy is the image's ENTRYPOINT"
+    );
+    let docs = control_plane();
+    let mut binaries = vec!["meshlite-proxy".to_string()];
+    for d in all_of::<Deployment>(&docs, "Deployment") {
+        let command = only_container(&d).command.clone().unwrap_or_default();
+        assert_eq!(
+            command.len(),
+            1,
+            "{:?}: command is the binary",
+            d.metadata.name
+        );
+        binaries.push(command[0].clone());
+    }
+    for bin in &binaries {
+        assert!(
+            dockerfile.contains(&format!("-p {bin}"))
+                && dockerfile.contains(&format!("target/release/{bin}")),
+            "deploy/Dockerfile builds and copies {bin}"
+        );
+    }
+    // Both iptables backends for `meshlite-proxy init`.
+    assert!(
+        dockerfile.contains("iptables-nft --version")
+            && dockerfile.contains("iptables-legacy --version")
+    );
+    // The build image matches the workspace's Rust version.
+    let workspace = read(&repo_root().join("Cargo.toml"));
+    let rust_version = workspace
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("the workspace declares rust-version");
+    assert!(
+        dockerfile.contains(&format!("rust:{rust_version}-bookworm")),
+        "deploy/Dockerfile builds with rust:{rust_version}"
+    );
+}
+
+#[test]
+fn injector_cert_sh_issues_the_secret_the_injector_mounts_for_the_webhook_service() {
+    let docs = control_plane();
+    let d = deployment(&docs, "meshlite-injector");
+    let secret = pod_spec(&d)
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .expect("the injector mounts a Secret");
+    let svc = service_for(&docs, &d).metadata.name.unwrap();
+    let script = read(&deploy_dir().join("injector-cert.sh"));
+    for (var, value) in [
+        ("namespace", contract::SYSTEM_NAMESPACE),
+        ("service", svc.as_str()),
+        ("secret", secret.as_str()),
+        ("ca_secret", contract::CA_SECRET),
+    ] {
+        assert!(
+            script.lines().any(|l| l == format!("{var}={value}")),
+            "deploy/injector-cert.sh sets {var}={value}"
+        );
+    }
+
+    // Issue from a throwaway P-256 CA into a directory (no cluster) and check
+    // the certificate names the Service and chains to the CA.
+    let dir = std::env::temp_dir().join(format!("meshlite-injector-cert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("running openssl (the script needs it too)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "ca.key",
+    ]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=test CA",
+        "-days",
+        "2",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-out",
+        "ca.crt",
+    ]);
+    let out = std::process::Command::new("bash")
+        .arg(deploy_dir().join("injector-cert.sh"))
+        .args([
+            "--ca-cert",
+            "ca.crt",
+            "--ca-key",
+            "ca.key",
+            "--out-dir",
+            "out",
+            "--days",
+            "1",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "injector-cert.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sans = openssl(&[
+        "x509",
+        "-in",
+        "out/tls.crt",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(
+        sans.contains(&format!("DNS:{svc}.{}.svc", contract::SYSTEM_NAMESPACE)),
+        "{sans}"
+    );
+    openssl(&[
+        "verify",
+        "-CAfile",
+        "ca.crt",
+        "-purpose",
+        "sslserver",
+        "out/tls.crt",
+    ]);
+    assert!(read(&dir.join("out/tls.key")).starts_with("-----BEGIN PRIVATE KEY-----"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
