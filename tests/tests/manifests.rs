@@ -324,6 +324,66 @@ fn control_plane_objects_live_in_the_system_namespace_which_is_never_injected() 
     );
 }
 
+/// A DNS-1123 label: what Services, Namespaces and label values (without the
+/// dots) must be.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[test]
+fn names_labels_and_annotations_are_valid_kubernetes_values() {
+    let docs: Vec<Doc> = control_plane().into_iter().chain(example_docs()).collect();
+    for doc in &docs {
+        let name = doc.name();
+        assert!(
+            name.len() <= 253 && name.split('.').all(is_dns_label),
+            "{}: name {name:?} is not a DNS-1123 subdomain",
+            doc.what()
+        );
+        if matches!(doc.kind(), "Service" | "Namespace") {
+            assert!(
+                is_dns_label(name),
+                "{}: name must be a DNS-1123 label",
+                doc.what()
+            );
+        }
+        for meta in [
+            &doc.value["metadata"],
+            &doc.value["spec"]["template"]["metadata"],
+        ] {
+            for (key, value) in meta["labels"].as_object().into_iter().flatten() {
+                let value = value
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{}: label {key} is not a string", doc.what()));
+                let ok = value.is_empty()
+                    || (value.len() <= 63
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                        && value.as_bytes()[0].is_ascii_alphanumeric()
+                        && value.as_bytes()[value.len() - 1].is_ascii_alphanumeric());
+                assert!(
+                    ok,
+                    "{}: label {key}={value:?} is not a valid label value",
+                    doc.what()
+                );
+            }
+            for (key, value) in meta["annotations"].as_object().into_iter().flatten() {
+                assert!(
+                    value.is_string(),
+                    "{}: annotation {key} is not a string",
+                    doc.what()
+                );
+            }
+        }
+    }
+}
+
 fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     assert!(
         selector.match_expressions.is_none(),
@@ -926,12 +986,13 @@ const CERTD_CALLS: &[Call] = &[
         verbs: &["create"],
         names: &[],
     },
-    // Create the CSR, read it back, watch it for an external signer, delete it.
+    // Create the CSR, read it back, watch it (by name) for an external signer,
+    // delete it. DESIGN.md also lists `list`, but certd never lists CSRs.
     Call {
         scope: Scope::Cluster,
         group: "certificates.k8s.io",
         resource: "certificatesigningrequests",
-        verbs: &["create", "get", "list", "watch", "delete"],
+        verbs: &["create", "get", "watch", "delete"],
         names: &[],
     },
     Call {
