@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -38,6 +39,9 @@ pub struct AppState {
     pub trust_domain: TrustDomain,
     /// False until the CA is loaded; `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
+    /// Bound on the review and signing of one request (`None`: unbounded, for
+    /// the in-process backends that cannot hang).
+    pub deadline: Option<Duration>,
 }
 
 /// The router for both modes.
@@ -137,15 +141,28 @@ async fn handle(
     let bytes = read_body(headers, body).await?;
     let request: CertificateRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
-    let caller = s.reviewer.review(token).await?;
-    if caller.id.trust_domain() != &s.trust_domain {
-        return Err(ApiError::Internal(
-            "reviewer used another trust domain".into(),
-        ));
-    }
-    let csr = csr::validate(&request.csr, &caller.id)?;
-    let req = SignRequest { caller, csr };
-    let issued = s.signer.sign(&req).await?;
+    let work = async {
+        let caller = s.reviewer.review(token).await?;
+        if caller.id.trust_domain() != &s.trust_domain {
+            return Err(ApiError::Internal(
+                "reviewer used another trust domain".into(),
+            ));
+        }
+        let csr = csr::validate(&request.csr, &caller.id)?;
+        let req = SignRequest { caller, csr };
+        let issued = s.signer.sign(&req).await?;
+        Ok((req, issued))
+    };
+    let (req, issued) = match s.deadline {
+        // The Kubernetes client retries 429/503 with backoff for a long time;
+        // the proxy is better served by a prompt 503 and its own retry.
+        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| {
+            ApiError::Unavailable(format!(
+                "no answer from the Kubernetes API within {limit:?}"
+            ))
+        })??,
+        None => work.await?,
+    };
     let not_after = issued
         .not_after
         .format(&Rfc3339)

@@ -128,6 +128,7 @@ pub async fn start_cluster(
         metrics: metrics.clone(),
         trust_domain: settings.trust_domain.clone(),
         ready: Arc::new(AtomicBool::new(true)),
+        deadline: Some(cluster.request_deadline),
     });
     let distributor = TrustDistributor {
         client,
@@ -241,6 +242,7 @@ pub fn start_embedded_with(
         metrics: metrics.clone(),
         trust_domain: settings.trust_domain.clone(),
         ready: Arc::new(AtomicBool::new(true)),
+        deadline: None,
     });
     let addr = listener.local_addr().map_err(io(Path::new("listener")))?;
     let (tx, rx) = oneshot::channel::<()>();

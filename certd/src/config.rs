@@ -58,6 +58,10 @@ pub struct Args {
     /// How long to wait for an external signer, seconds.
     #[arg(long, global = true, default_value_t = 30)]
     pub signer_wait_seconds: u64,
+    /// Time budget for the Kubernetes API calls of one request, seconds (the
+    /// client retries 429/503 with backoff; this bounds how long a proxy waits).
+    #[arg(long, global = true, default_value_t = 10)]
+    pub api_timeout_seconds: u64,
     /// Keep CSR objects instead of deleting them once answered.
     #[arg(long, global = true)]
     pub keep_csrs: bool,
@@ -101,6 +105,8 @@ pub enum ConfigError {
     Lifetime(#[from] LifetimeError),
     #[error("--signer-wait-seconds {0}: must be 1..=300")]
     SignerWait(u64),
+    #[error("--api-timeout-seconds {0}: must be 1..=120")]
+    ApiTimeout(u64),
     #[error("--reconcile-interval-seconds {0}: must be at least 1")]
     Interval(u64),
     #[error("embedded mode needs --tokens-file")]
@@ -142,6 +148,8 @@ pub struct ClusterSettings {
     /// `None`: the built-in signer; `Some(wait)`: an external signer.
     pub external_wait: Option<Duration>,
     pub keep_csrs: bool,
+    /// Budget for one request: the API time plus any external-signer wait.
+    pub request_deadline: Duration,
     pub ca_namespace: String,
     pub ca_secret: String,
     pub dns_names: Vec<String>,
@@ -187,6 +195,9 @@ impl Args {
             if !(1..=300).contains(&self.signer_wait_seconds) {
                 return Err(ConfigError::SignerWait(self.signer_wait_seconds));
             }
+            if !(1..=120).contains(&self.api_timeout_seconds) {
+                return Err(ConfigError::ApiTimeout(self.api_timeout_seconds));
+            }
             if self.reconcile_interval_seconds == 0 {
                 return Err(ConfigError::Interval(0));
             }
@@ -197,6 +208,14 @@ impl Args {
                     .no_builtin_signer
                     .then(|| Duration::from_secs(self.signer_wait_seconds)),
                 keep_csrs: self.keep_csrs,
+                request_deadline: Duration::from_secs(
+                    self.api_timeout_seconds
+                        + if self.no_builtin_signer {
+                            self.signer_wait_seconds
+                        } else {
+                            0
+                        },
+                ),
                 ca_namespace: self.ca_namespace.clone(),
                 ca_secret: self.ca_secret.clone(),
                 dns_names,

@@ -1,1 +1,2 @@
 //! Cross-component test support.
+pub mod fake_apiserver;

@@ -254,14 +254,27 @@ impl KubeSigner {
             }
         }
     }
+}
 
-    async fn delete(&self, name: &str) {
-        if self.keep_csrs {
-            return;
-        }
-        if let Err(e) = self.api.delete(name, &DeleteParams::default()).await {
-            // Not fatal: the certificate is issued; the object only costs etcd space.
-            tracing::warn!(csr = name, error = %e, "deleting the CSR object failed");
+/// Deletes a CSR object in the background when dropped.
+struct DeleteOnDrop {
+    api: Api<CertificateSigningRequest>,
+    name: String,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let api = self.api.clone();
+        let name = std::mem::take(&mut self.name);
+        // Drop runs inside the request's task, so a runtime is present; if it
+        // is shutting down the object is simply left for an operator.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+                    // Not fatal: the answer is given; the object only costs etcd space.
+                    tracing::warn!(csr = %name, error = %e, "deleting the CSR object failed");
+                }
+            });
         }
     }
 }
@@ -289,17 +302,21 @@ impl SigningBackend for KubeSigner {
                 .await
                 .map_err(|e| api_error("CSR create", e))?;
             let name = created.metadata.name.clone().unwrap_or_default();
-            let result = async {
+            // Deleted when this future ends, however it ends (answered, refused,
+            // or cancelled by the request deadline): the object is only a record.
+            let _cleanup = (!self.keep_csrs).then(|| DeleteOnDrop {
+                api: self.api.clone(),
+                name: name.clone(),
+            });
+            // `_cleanup` lives until this whole block is done.
+            async {
                 let approved = self.approve(created, req).await?;
                 match &self.signing {
                     Signing::BuiltIn(ca) => self.sign_builtin(ca, approved, req).await,
                     Signing::External { wait } => self.wait_external(approved, req, *wait).await,
                 }
             }
-            .await;
-            // Delete on failure too: a denied or abandoned object is no use to anyone.
-            self.delete(&name).await;
-            result
+            .await
         })
     }
 
