@@ -1,0 +1,116 @@
+//! certd in embedded mode: the same HTTPS API with the signer in-process and a
+//! static token file, configured through the real command line.
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use clap::Parser as _;
+use meshlite_certd::app::{self, CA_DIR_CERT, CA_DIR_KEY};
+use meshlite_certd::ca::verify_workload_chain;
+use meshlite_certd::client::{ClientError, Target, request_certificate};
+use meshlite_certd::config::{Args, Mode};
+use meshlite_contract::SpiffeId;
+use meshlite_tests::fake_apiserver::certd::csr_for;
+
+async fn start(dir: &std::path::Path, extra: &[&str]) -> app::Running {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        "# token namespace serviceaccount [pod]\ncart-token shop cart cart-0\n",
+    )
+    .unwrap();
+    let ca_dir = dir.join("ca");
+    let mut argv = vec![
+        "meshlite-certd".to_string(),
+        "embedded".into(),
+        "--tokens-file".into(),
+        tokens.display().to_string(),
+        "--ca-dir".into(),
+        ca_dir.display().to_string(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let settings = Args::try_parse_from(argv).unwrap().settings().unwrap();
+    let Mode::Embedded(embedded) = &settings.mode else {
+        panic!("embedded mode")
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    app::start_embedded(&settings, embedded, listener)
+        .await
+        .unwrap()
+}
+
+fn cart() -> SpiffeId {
+    "spiffe://cluster.local/ns/shop/sa/cart".parse().unwrap()
+}
+
+#[tokio::test]
+async fn embedded_mode_issues_from_a_generated_ca_written_for_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let certd = start(dir.path(), &["--lifetime-seconds", "600"]).await;
+    let bundle_file = std::fs::read_to_string(dir.path().join("ca").join(CA_DIR_CERT)).unwrap();
+    assert_eq!(bundle_file, certd.bundle_pem());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ca").join(CA_DIR_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the CA key is private");
+    }
+    // certd is verified by IP and by localhost, with the bundle file alone.
+    for server_name in ["127.0.0.1", "localhost"] {
+        let target = Target {
+            addr: certd.addr,
+            server_name: server_name.into(),
+            roots_pem: bundle_file.clone(),
+        };
+        let (_k, pem) = csr_for(&cart());
+        let answer = request_certificate(&target, "cart-token", &pem)
+            .await
+            .unwrap();
+        assert_eq!(answer.spiffe_id, cart().to_uri());
+        assert_eq!(answer.trust_bundle, bundle_file);
+        let now = time::OffsetDateTime::now_utc();
+        let uris = verify_workload_chain(&answer.certificate_chain, &bundle_file, now).unwrap();
+        assert_eq!(uris, vec![cart().to_uri()]);
+    }
+    assert_eq!(certd.metrics.requests("issued"), 2);
+}
+
+#[tokio::test]
+async fn embedded_mode_reuses_the_ca_in_its_directory_and_refuses_unknown_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path(), &[]).await;
+    let bundle = first.bundle_pem();
+    drop(first);
+    let certd = start(dir.path(), &[]).await;
+    assert_eq!(
+        certd.bundle_pem(),
+        bundle,
+        "a restart keeps the CA proxies already trust"
+    );
+    let target = Target {
+        addr: certd.addr,
+        server_name: "localhost".into(),
+        roots_pem: bundle,
+    };
+    let (_k, pem) = csr_for(&cart());
+    match request_certificate(&target, "guessed", &pem).await {
+        Err(ClientError::Refused { status, body, .. }) => {
+            assert_eq!((status, body.error.as_str()), (401, "unauthenticated"));
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let other: SpiffeId = "spiffe://cluster.local/ns/shop/sa/admin".parse().unwrap();
+    let (_k, pem) = csr_for(&other);
+    let err = request_certificate(&target, "cart-token", &pem)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.refusal().map(|(s, b)| (s, b.error.clone())),
+        Some((403, "identity_mismatch".into()))
+    );
+}
