@@ -20,7 +20,7 @@ use crate::kube::trust::TrustDistributor;
 use crate::kube::{KubeSigner, KubeTokenReviewer};
 use crate::metrics::Metrics;
 use crate::review::{StaticTokens, TokenFileError};
-use crate::server::{ServerError, serve, tls_config};
+use crate::server::{ServerError, ServingCert, serve, tls_config};
 use crate::signer::{EmbeddedSigner, SharedCa};
 
 /// File names in an embedded CA directory.
@@ -103,8 +103,12 @@ pub async fn start_cluster(
         name: cluster.ca_secret.clone(),
     };
     let ca = bootstrap::ensure(&client, &ca_ref, settings.trust_domain.as_str()).await?;
-    let tls = tls_config(&ca, &cluster.dns_names, &[])?;
     let shared = SharedCa::new(ca);
+    let tls = tls_config(ServingCert::new(
+        shared.clone(),
+        cluster.dns_names.clone(),
+        vec![],
+    )?)?;
     let metrics = Arc::new(Metrics::default());
     metrics.set_ca_not_after(shared.get().not_after().unix_timestamp());
     let signing = match cluster.external_wait {
@@ -232,8 +236,12 @@ pub fn start_embedded_with(
     ips: &[std::net::IpAddr],
     listener: TcpListener,
 ) -> Result<Running, AppError> {
-    let tls = tls_config(&ca, dns_names, ips)?;
     let shared = SharedCa::new(ca);
+    let tls = tls_config(ServingCert::new(
+        shared.clone(),
+        dns_names.to_vec(),
+        ips.to_vec(),
+    )?)?;
     let metrics = Arc::new(Metrics::default());
     metrics.set_ca_not_after(shared.get().not_after().unix_timestamp());
     let state = Arc::new(AppState {
