@@ -98,6 +98,21 @@ pub async fn post_raw(
     token: Option<&str>,
     body: Vec<u8>,
 ) -> Result<RawResponse, ClientError> {
+    send(target, http::Method::POST, CERTIFICATES_PATH, token, body).await
+}
+
+/// GETs `path` (e.g. `/healthz`, `/readyz`, `/metrics`).
+pub async fn get_raw(target: &Target, path: &str) -> Result<RawResponse, ClientError> {
+    send(target, http::Method::GET, path, None, Vec::new()).await
+}
+
+async fn send(
+    target: &Target,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> Result<RawResponse, ClientError> {
     let roots = CertificateDer::pem_slice_iter(target.roots_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(transport)?;
@@ -124,7 +139,9 @@ pub async fn post_raw(
             .await
             .map_err(transport)?;
         tokio::spawn(conn);
-        let mut req = http::Request::post(CERTIFICATES_PATH)
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
             .header(http::header::HOST, target.server_name.as_str())
             .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(token) = token {

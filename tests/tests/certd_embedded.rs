@@ -6,7 +6,7 @@
 use clap::Parser as _;
 use meshlite_certd::app::{self, CA_DIR_CERT, CA_DIR_KEY};
 use meshlite_certd::ca::verify_workload_chain;
-use meshlite_certd::client::{ClientError, Target, request_certificate};
+use meshlite_certd::client::{ClientError, Target, get_raw, request_certificate};
 use meshlite_certd::config::{Args, Mode};
 use meshlite_contract::SpiffeId;
 use meshlite_tests::fake_apiserver::certd::csr_for;
@@ -78,6 +78,28 @@ async fn embedded_mode_issues_from_a_generated_ca_written_for_proxies() {
         assert_eq!(uris, vec![cart().to_uri()]);
     }
     assert_eq!(certd.metrics.requests("issued"), 2);
+
+    // Health, readiness and metrics on the same HTTPS port.
+    let target = Target {
+        addr: certd.addr,
+        server_name: "localhost".into(),
+        roots_pem: bundle_file,
+    };
+    assert_eq!(get_raw(&target, "/healthz").await.unwrap().status, 200);
+    assert_eq!(get_raw(&target, "/readyz").await.unwrap().status, 200);
+    let metrics = get_raw(&target, "/metrics").await.unwrap();
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        text.contains("meshlite_certd_requests_total{result=\"issued\"} 2"),
+        "{text}"
+    );
+    let not_after: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("meshlite_certd_ca_not_after_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(not_after, certd.ca.get().not_after().unix_timestamp());
 }
 
 #[tokio::test]

@@ -114,3 +114,46 @@ fn garbage_gets_an_answer_not_a_panic() {
 fn pem_encode(der: &[u8]) -> String {
     crate::ca::pem_block("CERTIFICATE REQUEST", der)
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid_der() -> Vec<u8> {
+        let pem = csr_for(
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            vec![uri(&id("a", "b").to_uri())],
+        );
+        CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_gets_an_answer(s in ".{0,400}") {
+            let _ = validate(&s, &id("a", "b"));
+        }
+
+        #[test]
+        fn arbitrary_der_in_a_pem_block_gets_an_answer(der in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = validate(&pem_encode(&der), &id("a", "b"));
+        }
+
+        /// Flipping any byte of a valid CSR never panics and never yields a
+        /// CSR that passes with a different key or identity.
+        #[test]
+        fn a_mutated_csr_never_panics_and_never_passes_with_another_key(
+            pos in 0usize..400, bit in 0u8..8,
+        ) {
+            let mut der = valid_der();
+            let original = validate(&pem_encode(&der), &id("a", "b")).unwrap();
+            let pos = pos % der.len();
+            der[pos] ^= 1 << bit;
+            if let Ok(ok) = validate(&pem_encode(&der), &id("a", "b")) {
+                prop_assert_eq!(ok.public_key, original.public_key);
+            }
+        }
+    }
+}
