@@ -60,6 +60,7 @@ fn delta(before: Option<[Usage; 2]>, pair: Option<&Pair>) -> Option<[Usage; 2]> 
         cpu_seconds: a.cpu_seconds - b.cpu_seconds,
         rss_mib: a.rss_mib,
         peak_rss_mib: a.peak_rss_mib,
+        anon_mib: a.anon_mib,
     };
     Some([d(&b[0], &a[0]), d(&b[1], &a[1])])
 }
@@ -306,8 +307,8 @@ fn main() -> anyhow::Result<()> {
     println!("\n{table}");
     for (setup, [c, s]) in &idle {
         println!(
-            "idle RSS, {setup}: client proxy {:.1} MiB, server proxy {:.1} MiB",
-            c.rss_mib, s.rss_mib
+            "idle RSS, {setup}: client proxy {:.1} MiB ({:.1} anonymous), server proxy {:.1} MiB ({:.1} anonymous)",
+            c.rss_mib, c.anon_mib, s.rss_mib, s.anon_mib
         );
     }
     let json = serde_json::json!({

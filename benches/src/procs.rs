@@ -86,6 +86,9 @@ pub struct Usage {
     pub cpu_seconds: f64,
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// Anonymous (heap, stacks) part of the RSS; the rest is the mapped binary
+    /// and libraries.
+    pub anon_mib: f64,
 }
 
 impl ProxyProc {
@@ -121,6 +124,7 @@ impl ProxyProc {
             cpu_seconds: (ticks(11) + ticks(12)) / hz,
             rss_mib: kib("VmRSS:") / 1024.0,
             peak_rss_mib: kib("VmHWM:") / 1024.0,
+            anon_mib: kib("RssAnon:") / 1024.0,
         }
     }
 
