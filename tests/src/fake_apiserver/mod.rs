@@ -25,6 +25,7 @@ mod routes;
 mod special;
 mod status;
 mod store;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
