@@ -322,6 +322,13 @@ fn control_plane_objects_live_in_the_system_namespace_which_is_never_injected() 
         Some(contract::INJECT_DISABLED),
         "the control plane's namespace opts out of injection"
     );
+    // certd and the injector are hardened enough for the strictest standard.
+    assert_eq!(
+        labels
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted")
+    );
 }
 
 /// A DNS-1123 label: what Services, Namespaces and label values (without the
