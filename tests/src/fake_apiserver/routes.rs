@@ -355,16 +355,21 @@ fn patch(
         .unwrap_or_default();
     let mut doc = existing.clone();
     let applied = if content_type.starts_with("application/json-patch+json") {
-        serde_json::from_slice::<json_patch::Patch>(body)
-            .map_err(|e| e.to_string())
-            .and_then(|p| json_patch::patch(&mut doc, &p).map_err(|e| e.to_string()))
+        // As kube-apiserver: an undecodable patch is 400, one that does not
+        // apply (including a failed `test`) is 422.
+        let Ok(p) = serde_json::from_slice::<json_patch::Patch>(body) else {
+            return status::bad_request("invalid JSON patch".into());
+        };
+        json_patch::patch(&mut doc, &p).map_err(|e| e.to_string())
     } else if content_type.starts_with("application/merge-patch+json")
         || content_type.starts_with("application/strategic-merge-patch+json")
     {
         // Strategic merge is treated as a plain merge: enough for maps, not for keyed lists.
-        serde_json::from_slice::<Value>(body)
-            .map(|p| json_patch::merge(&mut doc, &p))
-            .map_err(|e| e.to_string())
+        let Ok(p) = serde_json::from_slice::<Value>(body) else {
+            return status::bad_request("invalid merge patch".into());
+        };
+        json_patch::merge(&mut doc, &p);
+        Ok(())
     } else {
         return status::failure(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
