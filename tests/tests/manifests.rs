@@ -1468,6 +1468,17 @@ fn dockerfile_builds_every_binary_the_manifests_and_the_injector_run() {
             "deploy/Dockerfile builds and copies {bin}"
         );
     }
+    // The documented build and load commands produce the image the manifests use.
+    let image = injector_config(&docs).image;
+    for doc in [&dockerfile, &read(&deploy_dir().join("README.md"))] {
+        for command in [
+            format!("docker build -f deploy/Dockerfile -t {image} ."),
+            format!("kind load docker-image {image}"),
+            format!("k3d image import {image}"),
+        ] {
+            assert!(doc.contains(&command), "the docs say `{command}`");
+        }
+    }
     // Both iptables backends for `meshlite-proxy init`.
     assert!(
         dockerfile.contains("iptables-nft --version")
