@@ -1388,6 +1388,17 @@ fn examples_opt_in_and_show_strict_mode_an_allow_list_an_opt_out_and_a_job() {
             .map(String::as_str),
         Some(contract::INJECT_ENABLED)
     );
+    // The init container's NET_ADMIN needs the privileged Pod Security level.
+    assert_eq!(
+        namespaces[0]
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("privileged")
+    );
     for doc in docs.iter().filter(|d| d.kind() != "Namespace") {
         assert_eq!(doc.namespace(), Some(ns.as_str()), "{}", doc.what());
     }
