@@ -51,6 +51,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async { plain_error(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        .method_not_allowed_fallback(|| async {
+            plain_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST for /v1/certificates and GET for the others",
+            )
+        })
         .with_state(state)
 }
 
@@ -89,6 +97,15 @@ async fn issue(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
             error_response(&e)
         }
     }
+}
+
+/// A JSON ErrorBody for answers that are not certificate refusals.
+fn plain_error(status: StatusCode, error: &str, message: &str) -> Response {
+    let body = meshlite_contract::api::ErrorBody {
+        error: error.to_string(),
+        message: message.to_string(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// The HTTP answer for a refusal: status, JSON body, and `Retry-After` on 503.

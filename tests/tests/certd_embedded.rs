@@ -87,6 +87,18 @@ async fn embedded_mode_issues_from_a_generated_ca_written_for_proxies() {
     };
     assert_eq!(get_raw(&target, "/healthz").await.unwrap().status, 200);
     assert_eq!(get_raw(&target, "/readyz").await.unwrap().status, 200);
+    // Wrong paths and methods still get a JSON ErrorBody.
+    let missing = get_raw(&target, "/v2/nothing").await.unwrap();
+    let body: meshlite_contract::api::ErrorBody = serde_json::from_slice(&missing.body).unwrap();
+    assert_eq!((missing.status, body.error.as_str()), (404, "not_found"));
+    let wrong = get_raw(&target, meshlite_contract::CERTIFICATES_PATH)
+        .await
+        .unwrap();
+    let body: meshlite_contract::api::ErrorBody = serde_json::from_slice(&wrong.body).unwrap();
+    assert_eq!(
+        (wrong.status, body.error.as_str()),
+        (405, "method_not_allowed")
+    );
     let metrics = get_raw(&target, "/metrics").await.unwrap();
     let text = String::from_utf8(metrics.body.to_vec()).unwrap();
     assert!(
