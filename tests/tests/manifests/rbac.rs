@@ -1,0 +1,410 @@
+//! RBAC: the API calls each component makes, kept as a table, checked against
+//! the ClusterRoles/Roles bound to its ServiceAccount (exactly, no wildcards)
+//! and against the component's source.
+
+use super::support::*;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use meshlite_contract as contract;
+
+/// Where a grant applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scope {
+    Cluster,
+    /// The control plane's namespace only (a Role).
+    System,
+}
+
+/// One API call a component makes: verbs on a resource (or subresource),
+/// optionally restricted to named objects.
+#[derive(Debug)]
+struct Call {
+    scope: Scope,
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+    names: &'static [&'static str],
+}
+
+/// The injector reads the namespace of the pod under review.
+const INJECTOR_CALLS: &[Call] = &[Call {
+    scope: Scope::Cluster,
+    group: "",
+    resource: "namespaces",
+    verbs: &["get"],
+    names: &[],
+}];
+
+/// certd (DESIGN.md, "Certificates"; certd/src/kube/).
+const CERTD_CALLS: &[Call] = &[
+    // TokenReview with audience meshlite-certd.
+    Call {
+        scope: Scope::Cluster,
+        group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        verbs: &["create"],
+        names: &[],
+    },
+    // Create the CSR, read it back, watch it (by name) for an external signer,
+    // delete it. DESIGN.md also lists `list`, but certd never lists CSRs.
+    Call {
+        scope: Scope::Cluster,
+        group: "certificates.k8s.io",
+        resource: "certificatesigningrequests",
+        verbs: &["create", "get", "watch", "delete"],
+        names: &[],
+    },
+    Call {
+        scope: Scope::Cluster,
+        group: "certificates.k8s.io",
+        resource: "certificatesigningrequests/approval",
+        verbs: &["update"],
+        names: &[],
+    },
+    Call {
+        scope: Scope::Cluster,
+        group: "certificates.k8s.io",
+        resource: "certificatesigningrequests/status",
+        verbs: &["update"],
+        names: &[],
+    },
+    // The API server checks these on approval and on signing.
+    Call {
+        scope: Scope::Cluster,
+        group: "certificates.k8s.io",
+        resource: "signers",
+        verbs: &["approve", "sign"],
+        names: &[contract::SIGNER_NAME],
+    },
+    // Find the labelled namespaces; keep their trust-bundle ConfigMap current.
+    Call {
+        scope: Scope::Cluster,
+        group: "",
+        resource: "namespaces",
+        verbs: &["list"],
+        names: &[],
+    },
+    Call {
+        scope: Scope::Cluster,
+        group: "",
+        resource: "configmaps",
+        verbs: &["get", "create", "update"],
+        names: &[],
+    },
+    // Keep the webhook's caBundle current.
+    Call {
+        scope: Scope::Cluster,
+        group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["get", "patch"],
+        names: &[contract::WEBHOOK_CONFIGURATION],
+    },
+    // Load the CA Secret, or create it on first start (a create cannot be
+    // restricted by name).
+    Call {
+        scope: Scope::System,
+        group: "",
+        resource: "secrets",
+        verbs: &["get"],
+        names: &[contract::CA_SECRET],
+    },
+    Call {
+        scope: Scope::System,
+        group: "",
+        resource: "secrets",
+        verbs: &["create"],
+        names: &[],
+    },
+];
+
+/// (scope, group, resource, verb, resourceName)
+type Grant = (Scope, String, String, String, Option<String>);
+
+fn expected_grants(calls: &[Call]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for call in calls {
+        for verb in call.verbs {
+            let names: Vec<Option<String>> = if call.names.is_empty() {
+                vec![None]
+            } else {
+                call.names.iter().map(|n| Some(n.to_string())).collect()
+            };
+            for name in names {
+                out.insert((
+                    call.scope,
+                    call.group.to_string(),
+                    call.resource.to_string(),
+                    verb.to_string(),
+                    name,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn expand_rules(what: &str, scope: Scope, rules: &[PolicyRule], out: &mut BTreeSet<Grant>) {
+    for rule in rules {
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "{what}: no nonResourceURLs"
+        );
+        let groups = rule.api_groups.clone().unwrap_or_default();
+        let resources = rule.resources.clone().unwrap_or_default();
+        assert!(
+            !groups.is_empty() && !resources.is_empty() && !rule.verbs.is_empty(),
+            "{what}: a rule names groups, resources and verbs"
+        );
+        let names: Vec<Option<String>> = match &rule.resource_names {
+            Some(n) if !n.is_empty() => n.iter().cloned().map(Some).collect(),
+            _ => vec![None],
+        };
+        for text in groups.iter().chain(&resources).chain(&rule.verbs) {
+            assert!(!text.contains('*'), "{what}: wildcard {text:?}");
+        }
+        for name in names.iter().flatten() {
+            assert!(
+                !name.contains('*'),
+                "{what}: wildcard resourceName {name:?}"
+            );
+        }
+        for g in &groups {
+            for r in &resources {
+                for v in &rule.verbs {
+                    for n in &names {
+                        out.insert((scope, g.clone(), r.clone(), v.clone(), n.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything the bindings in `docs` grant to ServiceAccount `sa` of the
+/// control plane's namespace.
+fn granted_to(docs: &[Doc], sa: &str) -> BTreeSet<Grant> {
+    let is_subject = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+        subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount"
+                && s.name == sa
+                && s.namespace.as_deref() == Some(contract::SYSTEM_NAMESPACE)
+        })
+    };
+    let mut out = BTreeSet::new();
+    for b in all_of::<ClusterRoleBinding>(docs, "ClusterRoleBinding") {
+        if !is_subject(&b.subjects) {
+            continue;
+        }
+        assert_eq!(b.role_ref.kind, "ClusterRole");
+        let role: ClusterRole = find(docs, "ClusterRole", &b.role_ref.name).typed();
+        assert!(role.aggregation_rule.is_none());
+        let what = format!("ClusterRole {}", b.role_ref.name);
+        expand_rules(
+            &what,
+            Scope::Cluster,
+            &role.rules.unwrap_or_default(),
+            &mut out,
+        );
+    }
+    for b in all_of::<RoleBinding>(docs, "RoleBinding") {
+        if !is_subject(&b.subjects) {
+            continue;
+        }
+        assert_eq!(
+            b.metadata.namespace.as_deref(),
+            Some(contract::SYSTEM_NAMESPACE),
+            "RoleBindings only in the control plane's namespace"
+        );
+        let rules = match b.role_ref.kind.as_str() {
+            "Role" => {
+                let role: Role = find(docs, "Role", &b.role_ref.name).typed();
+                assert_eq!(role.metadata.namespace, b.metadata.namespace);
+                role.rules.unwrap_or_default()
+            }
+            "ClusterRole" => find(docs, "ClusterRole", &b.role_ref.name)
+                .typed::<ClusterRole>()
+                .rules
+                .unwrap_or_default(),
+            other => panic!("RoleBinding to a {other}"),
+        };
+        let what = format!("{} {}", b.role_ref.kind, b.role_ref.name);
+        expand_rules(&what, Scope::System, &rules, &mut out);
+    }
+    out
+}
+
+fn assert_exact_grants(component: &str, granted: &BTreeSet<Grant>, calls: &[Call]) {
+    let expected = expected_grants(calls);
+    let extra: Vec<&Grant> = granted.difference(&expected).collect();
+    let missing: Vec<&Grant> = expected.difference(granted).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{component}'s RBAC differs from the API calls it makes\n  granted but not needed: {extra:#?}\n  needed but not granted: {missing:#?}"
+    );
+}
+
+#[test]
+fn injector_rbac_grants_exactly_its_api_calls() {
+    let docs = control_plane();
+    let granted = granted_to(&docs, "meshlite-injector");
+    assert_exact_grants("the injector", &granted, INJECTOR_CALLS);
+}
+
+#[test]
+fn certd_rbac_grants_exactly_its_api_calls() {
+    let path = deploy_dir().join("rbac-certd.yaml");
+    assert!(
+        path.is_file(),
+        "deploy/rbac-certd.yaml is missing: certd's ServiceAccount and RBAC \
+         (written with certd) must exist before its grants can be checked"
+    );
+    let docs = control_plane();
+    let accounts: Vec<Doc> = parse_docs("deploy/rbac-certd.yaml", &read(&path))
+        .into_iter()
+        .filter(|d| d.kind() == "ServiceAccount")
+        .collect();
+    assert!(
+        accounts
+            .iter()
+            .any(|d| d.name() == "meshlite-certd"
+                && d.namespace() == Some(contract::SYSTEM_NAMESPACE)),
+        "rbac-certd.yaml defines ServiceAccount meshlite-certd in {}",
+        contract::SYSTEM_NAMESPACE
+    );
+    let granted = granted_to(&docs, "meshlite-certd");
+    assert_exact_grants("certd", &granted, CERTD_CALLS);
+}
+
+/// Non-test Rust source of a crate: every `.rs` under `src/` except `tests.rs`
+/// files, each cut at its `#[cfg(test)]` module.
+fn crate_source(dir: &str) -> String {
+    fn walk(dir: &Path, out: &mut String) {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs")
+                && p.file_name().is_some_and(|n| n != "tests.rs")
+            {
+                let text = read(&p);
+                out.push_str(text.split("#[cfg(test)]").next().unwrap_or(""));
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(&repo_root().join(dir).join("src"), &mut out);
+    out
+}
+
+/// The `T` of every `Api<T>` / `Api::<T>` in the source.
+fn api_types(source: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for pat in ["Api<", "Api::<"] {
+        for (i, _) in source.match_indices(pat) {
+            let rest = &source[i + pat.len()..];
+            let ty: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let ty = ty.rsplit("::").next().unwrap().to_string();
+            if !ty.is_empty() {
+                out.insert(ty);
+            }
+        }
+    }
+    out
+}
+
+/// The API resource of a k8s-openapi type the components use.
+fn resource_of(ty: &str) -> &'static str {
+    match ty {
+        "Namespace" => "namespaces",
+        "ConfigMap" => "configmaps",
+        "Secret" => "secrets",
+        "TokenReview" => "tokenreviews",
+        "CertificateSigningRequest" => "certificatesigningrequests",
+        "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations",
+        other => panic!(
+            "the source uses Api<{other}>: add its resource here and its calls to the RBAC table"
+        ),
+    }
+}
+
+fn base_resources(calls: &[Call]) -> BTreeSet<&'static str> {
+    calls
+        .iter()
+        .map(|c| c.resource.split('/').next().unwrap())
+        .filter(|r| *r != "signers")
+        .collect()
+}
+
+#[test]
+fn injector_source_makes_only_the_listed_api_calls() {
+    let source = crate_source("injector");
+    let used: BTreeSet<&str> = api_types(&source).iter().map(|t| resource_of(t)).collect();
+    assert_eq!(used, base_resources(INJECTOR_CALLS));
+    // The one Api<Namespace> is only ever read by name.
+    let webhook = read(&repo_root().join("injector/src/webhook.rs"));
+    let start = webhook
+        .find("impl NamespaceLookup for KubeNamespaces")
+        .expect("injector/src/webhook.rs implements NamespaceLookup for KubeNamespaces");
+    let body = &webhook[start..];
+    let body = &body[..body[1..].find("\nimpl ").map_or(body.len(), |i| i + 1)];
+    let calls: Vec<&str> = body
+        .match_indices("self.0.")
+        .map(|(i, _)| {
+            let rest = &body[i + "self.0.".len()..];
+            &rest[..rest.find('(').unwrap_or(rest.len())]
+        })
+        .collect();
+    assert_eq!(calls, vec!["get"], "KubeNamespaces calls only get");
+}
+
+#[test]
+fn certd_source_uses_the_listed_resources_and_verbs() {
+    let source = crate_source("certd");
+    let used: BTreeSet<&str> = api_types(&source).iter().map(|t| resource_of(t)).collect();
+    assert_eq!(
+        used,
+        base_resources(CERTD_CALLS),
+        "the resources certd's code touches and the RBAC table name the same set"
+    );
+    let table = expected_grants(CERTD_CALLS);
+    let grants = |resource: &str, verb: &str| {
+        table
+            .iter()
+            .any(|(_, _, r, v, _)| r == resource && v == verb)
+    };
+    // kube::Api methods and the (sub)resource and verb each needs.
+    let methods: &[(&str, &str, &str)] = &[
+        (
+            ".replace_subresource(\"approval\"",
+            "certificatesigningrequests/approval",
+            "update",
+        ),
+        (
+            ".replace_status(",
+            "certificatesigningrequests/status",
+            "update",
+        ),
+        (".watch(", "certificatesigningrequests", "watch"),
+        (".delete(", "certificatesigningrequests", "delete"),
+        (".list(", "namespaces", "list"),
+        (".replace(", "configmaps", "update"),
+        (".patch(", "mutatingwebhookconfigurations", "patch"),
+    ];
+    for (method, resource, verb) in methods {
+        assert_eq!(
+            source.contains(method),
+            grants(resource, verb),
+            "certd's code and the table disagree on {method} ({verb} {resource})"
+        );
+    }
+}
