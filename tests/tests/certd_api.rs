@@ -440,3 +440,43 @@ async fn an_external_certificate_for_the_wrong_identity_is_not_handed_out() {
     let (status, error, _) = refused(&t, "cart-token", &pem).await;
     assert_eq!((status, error.as_str()), (500, "internal"));
 }
+
+#[tokio::test]
+async fn approval_and_status_conflicts_are_re_read_and_retried() {
+    let (fake, _certd, t) = setup(&[]).await;
+    fake.inject_conflicts("update", "certificatesigningrequests", Some("approval"), 1);
+    fake.inject_conflicts("update", "certificatesigningrequests", Some("status"), 2);
+    let (_k, pem) = csr_for(&cart());
+    request_certificate(&t, "cart-token", &pem).await.unwrap();
+    let count = |verb: &str, sub: Option<&str>| {
+        fake.requests()
+            .iter()
+            .filter(|r| {
+                r.verb == verb
+                    && r.resource == "certificatesigningrequests"
+                    && r.subresource.as_deref() == sub
+            })
+            .count()
+    };
+    assert_eq!(count("update", Some("approval")), 2);
+    assert_eq!(count("update", Some("status")), 3);
+    assert_eq!(count("get", None), 3, "one re-read per conflict");
+}
+
+#[tokio::test]
+async fn conflicts_that_never_stop_end_in_503_and_no_leftover_csr() {
+    let (fake, _certd, t) = setup(&[]).await;
+    fake.inject_conflicts(
+        "update",
+        "certificatesigningrequests",
+        Some("approval"),
+        100,
+    );
+    let (_k, pem) = csr_for(&cart());
+    let (status, error, retry) = refused(&t, "cart-token", &pem).await;
+    assert_eq!(
+        (status, error.as_str(), retry.is_some()),
+        (503, "unavailable", true)
+    );
+    eventually_no_csrs(&fake).await;
+}

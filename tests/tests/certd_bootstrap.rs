@@ -220,6 +220,8 @@ async fn the_trust_bundle_reaches_labelled_namespaces_and_the_webhook_and_follow
             ],
         }),
     );
+    // Another writer gets in first once: certd re-reads and retries.
+    fake.inject_conflicts("update", "configmaps", None, 1);
     let certd = start_cluster_certd(&fake, &["--reconcile-interval-seconds", "1"])
         .await
         .unwrap();
@@ -234,6 +236,16 @@ async fn the_trust_bundle_reaches_labelled_namespaces_and_the_webhook_and_follow
         None,
         "unlabelled namespaces are left alone"
     );
+    let web_updates = fake
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.resource == "configmaps"
+                && r.verb == "update"
+                && r.namespace.as_deref() == Some("web")
+        })
+        .count();
+    assert_eq!(web_updates, 2, "the conflicting update was retried");
     let ca_bundles = || -> Vec<String> {
         let hooks = fake.get(&webhook_key()).unwrap()["webhooks"].clone();
         hooks

@@ -17,6 +17,7 @@
 //! - `tokenreviews`: answered from tokens the test registers.
 //!
 //! Test knobs: [`FakeApiServer::set_down`] (every request gets 503),
+//! [`FakeApiServer::inject_conflicts`] (the next writes get 409),
 //! [`FakeApiServer::set_external_signer`] (sign, fail, or never answer), and
 //! [`FakeApiServer::requests`] (what was called, e.g. to check RBAC).
 
@@ -93,6 +94,16 @@ pub(crate) struct Shared {
     pub(crate) signers: Mutex<HashMap<String, ExternalSigner>>,
     pub(crate) down: AtomicBool,
     pub(crate) requests: Mutex<Vec<Recorded>>,
+    pub(crate) conflicts: Mutex<Vec<Injected>>,
+}
+
+/// Injected 409 Conflicts for requests matching a verb and (sub)resource.
+#[derive(Debug)]
+pub(crate) struct Injected {
+    pub(crate) verb: String,
+    pub(crate) resource: String,
+    pub(crate) subresource: Option<String>,
+    pub(crate) left: usize,
 }
 
 /// Locks, ignoring poisoning: a panicking test thread leaves the data usable.
@@ -170,6 +181,24 @@ impl FakeApiServer {
     /// While down, every request is answered 503 ServiceUnavailable.
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Answers the next `count` requests with this RBAC `verb` on
+    /// `resource`/`subresource` with 409 Conflict, as if another writer had
+    /// changed the object in between.
+    pub fn inject_conflicts(
+        &self,
+        verb: &str,
+        resource: &str,
+        subresource: Option<&str>,
+        count: usize,
+    ) {
+        lock(&self.shared.conflicts).push(Injected {
+            verb: verb.to_string(),
+            resource: resource.to_string(),
+            subresource: subresource.map(str::to_string),
+            left: count,
+        });
     }
 
     /// Installs an external signer for `signer_name`.

@@ -151,6 +151,13 @@ async fn handle(
         namespace: target.namespace.clone(),
         name: target.name.clone(),
     });
+    if take_conflict(&shared, verb, &target) {
+        return status::conflict(
+            &target.group,
+            &target.resource,
+            target.name.as_deref().unwrap_or(""),
+        );
+    }
     let Some(kind) = kind_of(&target.resource) else {
         return status::not_found(
             &target.group,
@@ -184,6 +191,24 @@ async fn handle(
         },
         "patch" => patch(&shared, &target, &name, &headers, &body),
         _ => delete(&shared, &target, &name),
+    }
+}
+
+/// Consumes one injected conflict matching this request, if any.
+fn take_conflict(shared: &Shared, verb: &str, target: &Target) -> bool {
+    let mut conflicts = lock(&shared.conflicts);
+    let hit = conflicts.iter_mut().find(|c| {
+        c.left > 0
+            && c.verb == verb
+            && c.resource == target.resource
+            && c.subresource == target.subresource
+    });
+    match hit {
+        Some(c) => {
+            c.left -= 1;
+            true
+        }
+        None => false,
     }
 }
 
