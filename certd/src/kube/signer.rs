@@ -210,11 +210,12 @@ impl KubeSigner {
                 .fields(&format!("metadata.name={name}"))
                 .timeout(u32::try_from(remaining.as_secs().clamp(1, 290)).unwrap_or(290));
             let watched = tokio::time::timeout(remaining, async {
-                let stream = self
-                    .api
-                    .watch(&params, &rv)
-                    .await
-                    .map_err(|e| api_error("CSR watch", e))?;
+                let stream = match self.api.watch(&params, &rv).await {
+                    Ok(stream) => stream,
+                    // 410 Gone: our resourceVersion was compacted away; re-read.
+                    Err(e) if is_code(&e, 410) => return Ok(None),
+                    Err(e) => return Err(api_error("CSR watch", e)),
+                };
                 let mut stream = stream.boxed();
                 while let Some(event) = stream
                     .try_next()
