@@ -222,6 +222,7 @@ async fn the_trust_bundle_reaches_labelled_namespaces_and_the_webhook_and_follow
     );
     // Another writer gets in first once: certd re-reads and retries.
     fake.inject_conflicts("update", "configmaps", None, 1);
+    fake.inject_conflicts("patch", "mutatingwebhookconfigurations", None, 1);
     let certd = start_cluster_certd(&fake, &["--reconcile-interval-seconds", "1"])
         .await
         .unwrap();
