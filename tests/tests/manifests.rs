@@ -860,3 +860,59 @@ fn injector_cert_sh_issues_the_secret_the_injector_mounts_for_the_webhook_servic
     assert!(read(&dir.join("out/tls.key")).starts_with("-----BEGIN PRIVATE KEY-----"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// certd and the webhook
+
+#[test]
+fn certd_ca_bundle_patch_applies_to_the_shipped_webhook_and_settles() {
+    let docs = control_plane();
+    // certd patches the configuration its --webhook-configuration names; the
+    // Deployment leaves that at its default, the contract's name.
+    let certd = deployment(&docs, "meshlite-certd");
+    assert!(
+        !only_container(&certd)
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a.starts_with("--webhook-configuration")),
+        "certd patches the default configuration, {}",
+        contract::WEBHOOK_CONFIGURATION
+    );
+    let mut stored = find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        contract::WEBHOOK_CONFIGURATION,
+    )
+    .value
+    .clone();
+    // As the API server stores it.
+    stored["metadata"]["resourceVersion"] = "42".into();
+    let bundle = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    let config: MutatingWebhookConfiguration = serde_json::from_value(stored.clone()).unwrap();
+    let patch = meshlite_certd::kube::trust::ca_bundle_patch(&config, bundle)
+        .unwrap()
+        .expect("the shipped webhook has no caBundle, so certd patches it");
+    json_patch::patch(&mut stored, &patch).unwrap_or_else(|e| {
+        panic!("certd's caBundle patch does not apply to deploy/webhook.yaml: {e}")
+    });
+    let patched: MutatingWebhookConfiguration = serde_json::from_value(stored).unwrap();
+    for hook in patched.webhooks.iter().flatten() {
+        assert_eq!(
+            hook.client_config
+                .ca_bundle
+                .as_ref()
+                .map(|b| b.0.as_slice()),
+            Some(bundle.as_bytes()),
+            "webhook {}",
+            hook.name
+        );
+    }
+    // Once set, certd leaves it alone.
+    assert!(
+        meshlite_certd::kube::trust::ca_bundle_patch(&patched, bundle)
+            .unwrap()
+            .is_none()
+    );
+}
