@@ -916,3 +916,108 @@ fn certd_ca_bundle_patch_applies_to_the_shipped_webhook_and_settles() {
             .is_none()
     );
 }
+
+// ---------------------------------------------------------------------------
+// The injector, configured as shipped, on the demo's pods
+
+#[test]
+fn the_shipped_injector_config_meshes_the_demo_pods_with_the_shipped_image() {
+    use k8s_openapi::api::core::v1::Pod;
+    use meshlite_injector::{Decision, SkipReason};
+
+    let cfg = injector_config(&control_plane());
+    let examples = example_docs();
+    let ns: Namespace = examples
+        .iter()
+        .find(|d| d.kind() == "Namespace")
+        .unwrap()
+        .typed();
+    let ns_annotations = ns.metadata.annotations.unwrap_or_default();
+    let (mut meshed, mut skipped, mut rewritten) = (0, 0, 0);
+    for (what, t) in templates(&examples) {
+        let pod = Pod {
+            metadata: t.metadata.clone().unwrap_or_default(),
+            spec: t.spec.clone(),
+            ..Default::default()
+        };
+        let decision = meshlite_injector::mutate(&pod, &ns_annotations, &cfg)
+            .unwrap_or_else(|e| panic!("{what}: the injector denies the pod: {e}"));
+        let patch = match decision {
+            Decision::Skip(reason) => {
+                assert_eq!(reason, SkipReason::OptedOut, "{what}");
+                skipped += 1;
+                continue;
+            }
+            Decision::Inject(patch) => patch,
+        };
+        meshed += 1;
+        let mut value = serde_json::to_value(&pod).unwrap();
+        json_patch::patch(&mut value, &patch).unwrap();
+        let pod: Pod = serde_json::from_value(value).unwrap();
+        let spec = pod.spec.unwrap();
+        let inits = spec.init_containers.unwrap_or_default();
+        let names: Vec<&str> = inits.iter().take(2).map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [contract::INIT_CONTAINER, contract::PROXY_CONTAINER],
+            "{what}: native sidecar order"
+        );
+        for (c, subcommand) in inits.iter().zip(["init", "run"]) {
+            // No command: the image's ENTRYPOINT (meshlite-proxy) runs the args.
+            assert_eq!(c.command, None, "{what}: {}", c.name);
+            assert_eq!(
+                c.args.as_ref().and_then(|a| a.first()).map(String::as_str),
+                Some(subcommand)
+            );
+            assert_eq!(c.image.as_deref(), Some(cfg.image.as_str()));
+        }
+        let proxy = &inits[1];
+        let certd_url = proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == contract::env::CERTD_URL)
+            .and_then(|e| e.value.clone());
+        assert_eq!(certd_url.as_deref(), Some(cfg.certd_url.as_str()));
+        let volumes = spec.volumes.unwrap_or_default();
+        assert!(volumes.iter().any(|v| {
+            v.config_map
+                .as_ref()
+                .is_some_and(|c| c.name == contract::TRUST_BUNDLE_CONFIGMAP)
+        }));
+        assert!(volumes.iter().any(|v| {
+            v.projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten())
+                .any(|s| {
+                    s.service_account_token
+                        .as_ref()
+                        .is_some_and(|t| t.audience.as_deref() == Some(contract::TOKEN_AUDIENCE))
+                })
+        }));
+        // In strict mode the plaintext readiness probe now goes to the proxy.
+        let strict = t
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(contract::MODE_ANNOTATION))
+            .is_some_and(|m| m == contract::Mode::Strict.as_str());
+        for c in &spec.containers {
+            if let (true, Some(get)) = (
+                strict,
+                c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()),
+            ) {
+                assert_eq!(
+                    get.port,
+                    IntOrString::Int(i32::from(contract::ADMIN_PORT)),
+                    "{what}"
+                );
+                rewritten += 1;
+            }
+        }
+    }
+    assert!(
+        meshed >= 3 && skipped == 1 && rewritten >= 1,
+        "meshed {meshed}, skipped {skipped}, strict probes rewritten {rewritten}"
+    );
+}
