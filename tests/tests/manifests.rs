@@ -321,6 +321,14 @@ fn injector_runs_with_its_real_flags_config_and_serving_secret() {
     for probe in [&c.liveness_probe, &c.readiness_probe] {
         assert_https_get(probe, contract::INJECTOR_PORT, "/healthz");
     }
+    // A terminating replica keeps answering until its endpoint is gone.
+    assert!(
+        c.lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .is_some_and(|h| h.exec.is_some()),
+        "the injector has a preStop delay"
+    );
 
     let flags = flags(c);
     let main = read(&repo_root().join("injector/src/main.rs"));
