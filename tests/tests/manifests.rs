@@ -14,7 +14,13 @@
 //! - the Deployments' replication, hardening, probes and image;
 //! - the injector's and certd's arguments against their real flags, and the
 //!   injector's config file against its real parser;
-//! - `deploy/install.yaml` against the output of `deploy/render.sh`.
+//! - the injector's real mutation, with the shipped config, on the demo's pods,
+//!   and certd's real `caBundle` patch on the shipped webhook;
+//! - the Dockerfile, `deploy/injector-cert.sh` (run against a throwaway CA),
+//!   and `deploy/install.yaml` against the output of `deploy/render.sh`.
+//!
+//! Helpers live in `manifests/support.rs`; the RBAC table and its checks in
+//! `manifests/rbac.rs`. Needs `bash` and `openssl` on PATH.
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
 #[path = "manifests/rbac.rs"]
@@ -23,7 +29,6 @@ mod rbac;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use support::*;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -33,6 +38,10 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshlite_contract as contract;
 use serde_json::Value;
+use support::*;
+
+// ---------------------------------------------------------------------------
+// Round trip
 
 #[test]
 fn every_manifest_round_trips_through_its_typed_api_object() {
