@@ -104,6 +104,68 @@ pub fn check_identity(
     Ok(info)
 }
 
+/// Most chains a verifier remembers. Past it the cache starts over.
+const VERIFIED_CACHE_MAX: usize = 1024;
+
+/// Chains that already passed WebPki verification against this verifier's
+/// roots, with the identity read from them.
+///
+/// A fleet reuses one leaf for every connection until it rotates, so a full
+/// handshake from a known peer can skip re-checking the CA's signature on the
+/// leaf (an ECDSA verification) while still verifying the handshake signature
+/// that proves possession of the key. Entries are exact chain bytes, never
+/// outlive the earliest notAfter in the chain, and the cache belongs to one
+/// verifier, which is replaced with every credential or trust-bundle change.
+#[derive(Debug, Default)]
+struct VerifiedCache {
+    map: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (LeafInfo, SystemTime)>>,
+}
+
+fn chain_key(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(
+        end_entity.len() + intermediates.iter().map(|c| c.len() + 4).sum::<usize>(),
+    );
+    for cert in std::iter::once(end_entity).chain(intermediates) {
+        key.extend_from_slice(&(cert.len() as u32).to_be_bytes());
+        key.extend_from_slice(cert);
+    }
+    key
+}
+
+/// The earliest notAfter of `certs` (unparseable ones count as already expired).
+fn earliest_not_after(certs: &[CertificateDer<'_>]) -> SystemTime {
+    use x509_parser::prelude::*;
+    certs
+        .iter()
+        .map(|c| match X509Certificate::from_der(c.as_ref()) {
+            Ok((_, x)) => {
+                let t = x.validity().not_after.timestamp();
+                SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0))
+            }
+            Err(_) => SystemTime::UNIX_EPOCH,
+        })
+        .min()
+        .unwrap_or(SystemTime::UNIX_EPOCH + Duration::MAX / 2)
+}
+
+impl VerifiedCache {
+    fn get(&self, key: &[u8], now: UnixTime) -> Option<LeafInfo> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let (info, until) = map.get(key)?;
+        (info.not_before <= now && now < *until).then(|| info.clone())
+    }
+
+    fn put(&self, key: Vec<u8>, info: LeafInfo, intermediates: &[CertificateDer<'_>]) {
+        let until = info.not_after.min(earliest_not_after(intermediates));
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= VERIFIED_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(key, (info, until));
+    }
+}
+
 fn identity_error(e: PeerIdError) -> Error {
     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
@@ -114,6 +176,7 @@ pub struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     trust_domain: TrustDomain,
     algs: WebPkiSupportedAlgorithms,
+    verified: VerifiedCache,
 }
 
 impl SpiffeServerVerifier {
@@ -126,6 +189,7 @@ impl SpiffeServerVerifier {
             roots,
             trust_domain,
             algs,
+            verified: VerifiedCache::default(),
         }
     }
 }
@@ -139,6 +203,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        let key = chain_key(end_entity, intermediates);
+        if self.verified.get(&key, now).is_some() {
+            return Ok(ServerCertVerified::assertion());
+        }
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
@@ -148,7 +216,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             self.algs.all,
         )?;
         // The server name is not checked on purpose: see the module docs.
-        check_identity(end_entity, &self.trust_domain).map_err(identity_error)?;
+        let info = check_identity(end_entity, &self.trust_domain).map_err(identity_error)?;
+        self.verified.put(key, info, intermediates);
         Ok(ServerCertVerified::assertion())
     }
 
@@ -181,6 +250,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 pub struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: TrustDomain,
+    verified: VerifiedCache,
 }
 
 impl SpiffeClientVerifier {
@@ -188,6 +258,7 @@ impl SpiffeClientVerifier {
         SpiffeClientVerifier {
             inner,
             trust_domain,
+            verified: VerifiedCache::default(),
         }
     }
 }
@@ -207,10 +278,15 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
+        let key = chain_key(end_entity, intermediates);
+        if self.verified.get(&key, now).is_some() {
+            return Ok(ClientCertVerified::assertion());
+        }
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_identity(end_entity, &self.trust_domain).map_err(identity_error)?;
+        let info = check_identity(end_entity, &self.trust_domain).map_err(identity_error)?;
+        self.verified.put(key, info, intermediates);
         Ok(verified)
     }
 
