@@ -312,3 +312,58 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{LeafSpec, TestCa};
+
+    fn at(t: SystemTime) -> UnixTime {
+        UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap())
+    }
+
+    #[test]
+    fn a_cached_chain_is_served_only_within_its_validity() {
+        let ca = TestCa::new("root");
+        let leaf = ca.leaf(&LeafSpec::spiffe(
+            "spiffe://cluster.local/ns/a/sa/b",
+            Duration::from_secs(600),
+        ));
+        let info = leaf_info(&leaf.cert).unwrap();
+        let cache = VerifiedCache::default();
+        let key = chain_key(&leaf.cert, &[]);
+        assert!(cache.get(&key, at(SystemTime::now())).is_none());
+        cache.put(key.clone(), info.clone(), &[]);
+        assert_eq!(cache.get(&key, at(SystemTime::now())), Some(info.clone()));
+        assert!(cache.get(&key, at(info.not_after)).is_none(), "expired");
+        assert!(
+            cache
+                .get(&key, at(info.not_before - Duration::from_secs(1)))
+                .is_none(),
+            "not yet valid"
+        );
+        let other = ca.leaf(&LeafSpec::spiffe(
+            "spiffe://cluster.local/ns/a/sa/b",
+            Duration::from_secs(600),
+        ));
+        assert!(
+            cache
+                .get(&chain_key(&other.cert, &[]), at(SystemTime::now()))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_unparseable_intermediate_keeps_a_chain_out_of_the_cache() {
+        let ca = TestCa::new("root");
+        let leaf = ca.leaf(&LeafSpec::spiffe(
+            "spiffe://cluster.local/ns/a/sa/b",
+            Duration::from_secs(600),
+        ));
+        let junk = CertificateDer::from(vec![1u8, 2, 3]);
+        let cache = VerifiedCache::default();
+        let key = chain_key(&leaf.cert, std::slice::from_ref(&junk));
+        cache.put(key.clone(), leaf_info(&leaf.cert).unwrap(), &[junk]);
+        assert!(cache.get(&key, at(SystemTime::now())).is_none());
+    }
+}
