@@ -41,6 +41,14 @@ impl Lifetime {
         }
     }
 
+    /// Tests only: a lifetime below the CSR API's ten-minute minimum, so that
+    /// renewal and rotation can be exercised in seconds. Only embedded mode
+    /// honours it; the Kubernetes CSR API would reject it.
+    #[cfg(feature = "test-util")]
+    pub fn for_tests(d: Duration) -> Self {
+        Lifetime(d)
+    }
+
     pub fn as_duration(self) -> Duration {
         self.0
     }

@@ -108,9 +108,11 @@ impl RequestError {
     }
 }
 
-/// When to renew a certificate valid from `not_before` to `not_after`, seen at
+/// When to renew a certificate valid from `start` to `not_after`, seen at
 /// `now`: at half its lifetime, shifted by `jitter` (in -1.0..=1.0) times a
-/// tenth of the lifetime. Never negative.
+/// tenth of the lifetime. Never negative. `start` is the later of notBefore and
+/// the moment the certificate arrived, since signers backdate notBefore to
+/// absorb clock skew.
 pub fn refresh_in(
     not_before: SystemTime,
     not_after: SystemTime,
@@ -328,7 +330,7 @@ pub async fn run(
                     .get_or_create(&ResultLabels { result: "ok" })
                     .inc();
                 let wait = refresh_in(
-                    issued.not_before,
+                    issued.not_before.max(SystemTime::now()),
                     issued.not_after,
                     SystemTime::now(),
                     rand::random_range(-1.0..=1.0),
