@@ -64,6 +64,9 @@ pub const TRUST_BUNDLE_KEY: &str = "ca.pem";
 pub const CERTIFICATES_PATH: &str = "/v1/certificates";
 /// Name of the injector's MutatingWebhookConfiguration (certd keeps its caBundle current).
 pub const WEBHOOK_CONFIGURATION: &str = "meshlite-injector";
+/// Path prefix on the admin port under which rewritten application probes are
+/// served: `/app-health/<container>/<livez|readyz|startupz>`.
+pub const APP_HEALTH_PREFIX: &str = "/app-health/";
 /// Name of the proxy's init container.
 pub const INIT_CONTAINER: &str = "meshlite-init";
 /// Name of the proxy container (a native sidecar, or a regular container in legacy mode).

@@ -19,7 +19,7 @@ use meshlite_contract::ADMIN_PORT;
 use serde::{Deserialize, Serialize};
 
 /// Path prefix of rewritten probes on the admin port.
-pub const APP_HEALTH_PREFIX: &str = "/app-health/";
+pub use meshlite_contract::APP_HEALTH_PREFIX;
 
 /// The JSON in `MESHLITE_APP_PROBES`: admin-port path → original probe.
 pub type AppProbes = BTreeMap<String, AppProbe>;

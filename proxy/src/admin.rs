@@ -65,10 +65,12 @@ async fn route(
             shutdown.cancel();
             text(StatusCode::OK, "shutting down\n")
         }
-        (&Method::GET, p) if p.starts_with("/app-health/") => match probes.check(p).await {
-            Some((status, body)) => text(status, body),
-            None => text(StatusCode::NOT_FOUND, "no such probe\n"),
-        },
+        (&Method::GET, p) if p.starts_with(meshlite_contract::APP_HEALTH_PREFIX) => {
+            match probes.check(p).await {
+                Some((status, body)) => text(status, body),
+                None => text(StatusCode::NOT_FOUND, "no such probe\n"),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
