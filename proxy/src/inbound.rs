@@ -5,18 +5,14 @@
 //! through (permissive) or refuse it (strict). The plaintext leg goes to the
 //! original destination, inside the pod.
 
-use crate::config::{InboundConfig, Target};
 use crate::detect::{Detection, MAX_DETECT_BYTES, detect};
 use crate::io::Prefixed;
-use crate::metrics::{ConnLabels, Direction};
-use crate::orig_dst::original_dst;
-use crate::proxy::{ConnLog, Ctx, connect};
-use crate::relay::relay;
+use crate::metrics::Direction;
+use crate::proxy::{ConnLog, Ctx, connect, resolve_target};
 use crate::tls::{handshake_failure_reason, verify::check_identity};
 use meshlite_contract::Mode;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -70,33 +66,19 @@ pub(crate) async fn handle(
     mut tcp: TcpStream,
     client: SocketAddr,
     listener: SocketAddr,
-    cfg: Arc<InboundConfig>,
-    ctx: Arc<Ctx>,
+    ctx: &Ctx,
 ) {
-    let started = Instant::now();
+    let Some(cfg) = ctx.config.inbound.as_ref() else {
+        return;
+    };
     let _ = tcp.set_nodelay(true);
-    let target = match cfg.target {
-        Target::Fixed(addr) => addr,
-        Target::OriginalDst => match original_dst(&tcp) {
-            // A direct connection to the inbound port was not redirected:
-            // proxying it would loop back to ourselves.
-            Ok(dst) if dst.0 == listener => {
-                ctx.metrics.refuse(DIR, "no_original_dst");
-                tracing::debug!(%client, "refused a direct connection to the inbound port");
-                return;
-            }
-            Ok(dst) => dst.0,
-            Err(e) => {
-                ctx.metrics.refuse(DIR, "no_original_dst");
-                tracing::warn!(%client, error = %e, "cannot read SO_ORIGINAL_DST");
-                return;
-            }
-        },
+    let Some(target) = resolve_target(cfg.target, &tcp, client, listener, ctx, DIR) else {
+        return;
     };
     let mut log = ConnLog::new(DIR, client, target);
 
     let mut buf = Vec::with_capacity(2048);
-    let first = match read_first_bytes(&mut tcp, &mut buf, &ctx).await {
+    let first = match read_first_bytes(&mut tcp, &mut buf, ctx).await {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(%client, error = %e, "read error during protocol detection");
@@ -105,7 +87,7 @@ pub(crate) async fn handle(
     };
     match first {
         FirstBytes::Closed => {}
-        FirstBytes::Mesh => mesh(tcp, buf, target, &ctx, &mut log, started).await,
+        FirstBytes::Mesh => mesh(tcp, buf, target, ctx, &mut log).await,
         FirstBytes::Plain(reason) if cfg.mode == Mode::Strict => {
             ctx.metrics.refuse(DIR, "strict_mode_plaintext");
             tracing::info!(%client, %target, reason, "strict mode: refused a connection that is not mesh mTLS");
@@ -113,19 +95,12 @@ pub(crate) async fn handle(
         FirstBytes::Plain(reason) => {
             ctx.metrics.plaintext(DIR, reason);
             log.tls = reason;
-            plaintext(tcp, buf, target, &ctx, &mut log, started).await;
+            plaintext(tcp, buf, target, ctx, &log).await;
         }
     }
 }
 
-async fn mesh(
-    tcp: TcpStream,
-    prefix: Vec<u8>,
-    target: SocketAddr,
-    ctx: &Ctx,
-    log: &mut ConnLog,
-    started: Instant,
-) {
+async fn mesh(tcp: TcpStream, prefix: Vec<u8>, target: SocketAddr, ctx: &Ctx, log: &mut ConnLog) {
     let Some(tls) = ctx.creds.current() else {
         ctx.metrics.refuse(DIR, "no_credentials");
         tracing::warn!(client = %log.client, "no valid workload certificate: refusing mTLS");
@@ -188,32 +163,10 @@ async fn mesh(
     let Some(backend) = connect(target, ctx, DIR).await else {
         return;
     };
-    ctx.metrics
-        .conn_opened
-        .get_or_create(&ConnLabels {
-            direction: DIR,
-            tls: "mtls",
-        })
-        .inc();
-    let stats = relay(stream, backend, DIR, &ctx.metrics, ctx.config.timeouts.idle).await;
-    ctx.metrics
-        .conn_closed
-        .get_or_create(&ConnLabels {
-            direction: DIR,
-            tls: "mtls",
-        })
-        .inc();
-    log.finish(stats, started);
+    log.relay(stream, backend, ctx).await;
 }
 
-async fn plaintext(
-    tcp: TcpStream,
-    prefix: Vec<u8>,
-    target: SocketAddr,
-    ctx: &Ctx,
-    log: &mut ConnLog,
-    started: Instant,
-) {
+async fn plaintext(tcp: TcpStream, prefix: Vec<u8>, target: SocketAddr, ctx: &Ctx, log: &ConnLog) {
     let Some(mut backend) = connect(target, ctx, DIR).await else {
         return;
     };
@@ -225,20 +178,5 @@ async fn plaintext(
             .bytes_counter(DIR, crate::metrics::Peer::Client)
             .inc_by(prefix.len() as u64);
     }
-    ctx.metrics
-        .conn_opened
-        .get_or_create(&ConnLabels {
-            direction: DIR,
-            tls: "plaintext",
-        })
-        .inc();
-    let stats = relay(tcp, backend, DIR, &ctx.metrics, ctx.config.timeouts.idle).await;
-    ctx.metrics
-        .conn_closed
-        .get_or_create(&ConnLabels {
-            direction: DIR,
-            tls: "plaintext",
-        })
-        .inc();
-    log.finish(stats, started);
+    log.relay(tcp, backend, ctx).await;
 }

@@ -6,17 +6,15 @@
 //! plaintext connection instead, and remembers the destination for a while so
 //! later connections skip the attempt. Strict mode never falls back.
 
-use crate::config::{OutboundConfig, OutboundMode, Target};
-use crate::metrics::{ConnLabels, Direction};
-use crate::orig_dst::original_dst;
-use crate::proxy::{ConnLog, Ctx, connect};
-use crate::relay::relay;
+use crate::config::OutboundMode;
+use crate::metrics::Direction;
+use crate::proxy::{ConnLog, Ctx, connect, resolve_target};
 use crate::tls::{handshake_failure_reason, leaf_info};
 use meshlite_contract::ALPN;
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -64,39 +62,22 @@ impl FallbackCache {
 }
 
 /// Handles one accepted outbound connection.
-pub(crate) async fn handle(
-    tcp: TcpStream,
-    client: SocketAddr,
-    listener: SocketAddr,
-    cfg: Arc<OutboundConfig>,
-    ctx: Arc<Ctx>,
-) {
-    let started = Instant::now();
+pub(crate) async fn handle(tcp: TcpStream, client: SocketAddr, listener: SocketAddr, ctx: &Ctx) {
+    let Some(cfg) = ctx.config.outbound.as_ref() else {
+        return;
+    };
     let _ = tcp.set_nodelay(true);
-    let target = match cfg.target {
-        Target::Fixed(addr) => addr,
-        Target::OriginalDst => match original_dst(&tcp) {
-            Ok(dst) if dst.0 == listener => {
-                ctx.metrics.refuse(DIR, "no_original_dst");
-                tracing::debug!(%client, "refused a direct connection to the outbound port");
-                return;
-            }
-            Ok(dst) => dst.0,
-            Err(e) => {
-                ctx.metrics.refuse(DIR, "no_original_dst");
-                tracing::warn!(%client, error = %e, "cannot read SO_ORIGINAL_DST");
-                return;
-            }
-        },
+    let Some(target) = resolve_target(cfg.target, &tcp, client, listener, ctx, DIR) else {
+        return;
     };
     let mut log = ConnLog::new(DIR, client, target);
 
     match cfg.mode {
         OutboundMode::Disabled => {
-            return plaintext(tcp, target, "disabled", &ctx, log, started).await;
+            return plaintext(tcp, target, "disabled", ctx, log).await;
         }
         OutboundMode::Permissive if ctx.fallback.contains(target) => {
-            return plaintext(tcp, target, "not_meshed", &ctx, log, started).await;
+            return plaintext(tcp, target, "not_meshed", ctx, log).await;
         }
         OutboundMode::Permissive | OutboundMode::Strict => {}
     }
@@ -108,7 +89,7 @@ pub(crate) async fn handle(
         tracing::warn!(%client, %target, "no valid workload certificate: refusing outbound connection");
         return;
     };
-    let Some(upstream) = connect(target, &ctx, DIR).await else {
+    let Some(upstream) = connect(target, ctx, DIR).await else {
         return;
     };
     let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
@@ -128,22 +109,7 @@ pub(crate) async fn handle(
             if conn.alpn_protocol() == Some(ALPN) {
                 let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
                 log.mtls(&ctx.metrics, peer.map(|p| p.id), resumed);
-                ctx.metrics
-                    .conn_opened
-                    .get_or_create(&ConnLabels {
-                        direction: DIR,
-                        tls: "mtls",
-                    })
-                    .inc();
-                let stats = relay(tcp, stream, DIR, &ctx.metrics, ctx.config.timeouts.idle).await;
-                ctx.metrics
-                    .conn_closed
-                    .get_or_create(&ConnLabels {
-                        direction: DIR,
-                        tls: "mtls",
-                    })
-                    .inc();
-                log.finish(stats, started);
+                log.relay(tcp, stream, ctx).await;
                 return;
             }
             // A TLS server we trust that does not speak the mesh protocol.
@@ -167,7 +133,7 @@ pub(crate) async fn handle(
     let size = ctx.fallback.insert(target);
     ctx.metrics.fallback_cache_size.set(size as i64);
     tracing::debug!(%target, reason = failure, "destination is not meshed: falling back to plaintext");
-    plaintext(tcp, target, "not_meshed", &ctx, log, started).await;
+    plaintext(tcp, target, "not_meshed", ctx, log).await;
 }
 
 async fn plaintext(
@@ -176,29 +142,13 @@ async fn plaintext(
     reason: &'static str,
     ctx: &Ctx,
     mut log: ConnLog,
-    started: Instant,
 ) {
     let Some(upstream) = connect(target, ctx, DIR).await else {
         return;
     };
     ctx.metrics.plaintext(DIR, reason);
     log.tls = reason;
-    ctx.metrics
-        .conn_opened
-        .get_or_create(&ConnLabels {
-            direction: DIR,
-            tls: "plaintext",
-        })
-        .inc();
-    let stats = relay(tcp, upstream, DIR, &ctx.metrics, ctx.config.timeouts.idle).await;
-    ctx.metrics
-        .conn_closed
-        .get_or_create(&ConnLabels {
-            direction: DIR,
-            tls: "plaintext",
-        })
-        .inc();
-    log.finish(stats, started);
+    log.relay(tcp, upstream, ctx).await;
 }
 
 #[cfg(test)]

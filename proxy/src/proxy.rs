@@ -51,6 +51,7 @@ pub(crate) struct ConnLog {
     /// `mtls`, or the reason the connection is plaintext.
     pub tls: &'static str,
     pub resumed: bool,
+    pub started: Instant,
 }
 
 impl ConnLog {
@@ -62,7 +63,36 @@ impl ConnLog {
             peer: None,
             tls: "none",
             resumed: false,
+            started: Instant::now(),
         }
+    }
+
+    /// Relays between the two legs, counting the connection as open meanwhile,
+    /// and writes the close log line.
+    pub async fn relay<C, S>(&self, client: C, server: S, ctx: &Ctx)
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let labels = crate::metrics::ConnLabels {
+            direction: self.direction,
+            tls: if self.tls == "mtls" {
+                "mtls"
+            } else {
+                "plaintext"
+            },
+        };
+        ctx.metrics.conn_opened.get_or_create(&labels).inc();
+        let stats = crate::relay::relay(
+            client,
+            server,
+            self.direction,
+            &ctx.metrics,
+            ctx.config.timeouts.idle,
+        )
+        .await;
+        ctx.metrics.conn_closed.get_or_create(&labels).inc();
+        self.finish(stats);
     }
 
     /// Records an established mTLS connection with its peer.
@@ -82,7 +112,7 @@ impl ConnLog {
         self.peer = peer;
     }
 
-    pub fn finish(&self, stats: RelayStats, started: Instant) {
+    fn finish(&self, stats: RelayStats) {
         let end = match &stats.end {
             RelayEnd::Closed => "closed".to_string(),
             RelayEnd::Idle => "idle_timeout".to_string(),
@@ -97,10 +127,40 @@ impl ConnLog {
             resumed = self.resumed,
             bytes_from_client = stats.from_client,
             bytes_from_server = stats.from_server,
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = self.started.elapsed().as_millis() as u64,
             end,
             "connection closed"
         );
+    }
+}
+
+/// Where an accepted connection goes: the fixed target (explicit mode) or the
+/// original destination. `None` (counted and logged) when the connection was
+/// not redirected — proxying it would loop back to ourselves — or the original
+/// destination cannot be read.
+pub(crate) fn resolve_target(
+    target: crate::config::Target,
+    tcp: &TcpStream,
+    client: SocketAddr,
+    listener: SocketAddr,
+    ctx: &Ctx,
+    direction: Direction,
+) -> Option<SocketAddr> {
+    match target {
+        crate::config::Target::Fixed(addr) => Some(addr),
+        crate::config::Target::OriginalDst => match crate::orig_dst::original_dst(tcp) {
+            Ok(dst) if dst.0 == listener => {
+                ctx.metrics.refuse(direction, "no_original_dst");
+                tracing::debug!(%client, %listener, "refused a connection that was not redirected");
+                None
+            }
+            Ok(dst) => Some(dst.0),
+            Err(e) => {
+                ctx.metrics.refuse(direction, "no_original_dst");
+                tracing::warn!(%client, error = %e, "cannot read SO_ORIGINAL_DST");
+                None
+            }
+        },
     }
 }
 
@@ -300,37 +360,18 @@ impl Bound {
             let stop = stop_accepting.clone();
             background.spawn(crate::admin::serve(admin, admin_ctx, stop));
         }
-        if let Some(cfg) = &ctx.config.outbound {
-            let cfg = Arc::new(cfg.clone());
-            for l in self.outbound {
-                let cfg = cfg.clone();
+        for (listeners, direction) in [
+            (self.outbound, Direction::Outbound),
+            (self.inbound, Direction::Inbound),
+        ] {
+            for l in listeners {
                 background.spawn(accept_loop(
                     l,
                     ctx.clone(),
                     conns.clone(),
                     stop_accepting.clone(),
                     hard_stop.clone(),
-                    Direction::Outbound,
-                    move |tcp, client, local, ctx| {
-                        crate::outbound::handle(tcp, client, local, cfg.clone(), ctx)
-                    },
-                ));
-            }
-        }
-        if let Some(cfg) = &ctx.config.inbound {
-            let cfg = Arc::new(cfg.clone());
-            for l in self.inbound {
-                let cfg = cfg.clone();
-                background.spawn(accept_loop(
-                    l,
-                    ctx.clone(),
-                    conns.clone(),
-                    stop_accepting.clone(),
-                    hard_stop.clone(),
-                    Direction::Inbound,
-                    move |tcp, client, local, ctx| {
-                        crate::inbound::handle(tcp, client, local, cfg.clone(), ctx)
-                    },
+                    direction,
                 ));
             }
         }
@@ -364,18 +405,14 @@ impl Bound {
 
 /// Accepts until told to stop; each connection runs in its own task, bounded by
 /// the shared connection limit.
-async fn accept_loop<F, Fut>(
+async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<Ctx>,
     conns: TaskTracker,
     stop: CancellationToken,
     hard_stop: CancellationToken,
     direction: Direction,
-    handler: F,
-) where
-    F: Fn(TcpStream, SocketAddr, SocketAddr, Arc<Ctx>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
+) {
     let Ok(local) = listener.local_addr() else {
         return;
     };
@@ -401,12 +438,18 @@ async fn accept_loop<F, Fut>(
             drop(tcp);
             continue;
         };
-        let fut = handler(tcp, client, local, ctx.clone());
+        let ctx = ctx.clone();
         let hard_stop = hard_stop.clone();
         conns.spawn(async move {
             let _permit = permit;
+            let handle = async {
+                match direction {
+                    Direction::Outbound => crate::outbound::handle(tcp, client, local, &ctx).await,
+                    Direction::Inbound => crate::inbound::handle(tcp, client, local, &ctx).await,
+                }
+            };
             tokio::select! {
-                () = fut => {}
+                () = handle => {}
                 () = hard_stop.cancelled() => {}
             }
         });

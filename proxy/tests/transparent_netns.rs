@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/server";
@@ -51,34 +51,6 @@ fn spawn_proxy(ns: &Netns, creds: &Path, extra: &[&str]) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     Child(cmd.spawn().unwrap())
-}
-
-/// GETs a path from an admin port, from inside `ns`.
-fn admin_get(ns: &Netns, path: &'static str) -> String {
-    ns.run(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", 15020)).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
-    })
-    .unwrap_or_default()
-}
-
-fn wait_ready(ns: &Netns) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !admin_get(ns, "/ready").starts_with("HTTP/1.1 200") {
-        assert!(
-            Instant::now() < deadline,
-            "proxy in {} never became ready",
-            ns.name
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -136,8 +108,8 @@ fn transparent_redirect_carries_app_traffic_over_mtls_using_the_original_destina
             s.write_all(reply.as_bytes()).unwrap();
         }
     });
-    wait_ready(&a);
-    wait_ready(&b);
+    a.wait_proxy_ready();
+    b.wait_proxy_ready();
 
     for (dst, want_local) in [
         ("10.213.7.2:8080", "10.213.7.2:8080"),
@@ -158,8 +130,8 @@ fn transparent_redirect_carries_app_traffic_over_mtls_using_the_original_destina
 
     // Both connections were mTLS, and each side saw the other's identity:
     // strict mode on both ends means there was no other way through.
-    let ma = admin_get(&a, "/metrics");
-    let mb = admin_get(&b, "/metrics");
+    let ma = a.admin_get("/metrics");
+    let mb = b.admin_get("/metrics");
     assert!(
         ma.contains(&format!("meshlite_mtls_connections_total{{direction=\"outbound\",peer_identity=\"{SERVER_ID}\",resumed=\"false\"}} 2")),
         "pod A metrics:\n{ma}"

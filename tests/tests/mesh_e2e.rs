@@ -166,36 +166,8 @@ impl Mesh {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
         let child = Child(cmd.spawn().unwrap());
-        wait_ready(pod);
+        pod.wait_proxy_ready();
         child
-    }
-}
-
-/// GETs an admin path from inside `ns`.
-fn admin_get(ns: &Netns, path: &'static str) -> String {
-    ns.run(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", meshlite_contract::ADMIN_PORT)).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
-    })
-    .unwrap_or_default()
-}
-
-fn wait_ready(ns: &Netns) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !admin_get(ns, "/ready").starts_with("HTTP/1.1 200") {
-        assert!(
-            Instant::now() < deadline,
-            "proxy in {} never became ready",
-            ns.name
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -319,8 +291,8 @@ fn scenario(mesh: &mut Mesh) {
         bytes.windows(3).any(|w| w == [0x17, 0x03, 0x03]),
         "no TLS application-data records on the bridge"
     );
-    let ma = admin_get(&mesh.a, "/metrics");
-    let mb = admin_get(&mesh.b, "/metrics");
+    let ma = mesh.a.admin_get("/metrics");
+    let mb = mesh.b.admin_get("/metrics");
     assert!(
         metric(
             &ma,
@@ -342,7 +314,7 @@ fn scenario(mesh: &mut Mesh) {
     assert_eq!(call(&mesh.c, B_IP, "from C".into()), "from C");
     // 3. A -> C works: the outbound side falls back for an unmeshed destination.
     assert_eq!(call(&mesh.a, C_IP, "to C".into()), "to C");
-    let ma = admin_get(&mesh.a, "/metrics");
+    let ma = mesh.a.admin_get("/metrics");
     assert_eq!(
         metric(
             &ma,
@@ -378,7 +350,7 @@ fn scenario(mesh: &mut Mesh) {
         "",
         "the allow list refuses A"
     );
-    let mb = admin_get(&mesh.b, "/metrics");
+    let mb = mesh.b.admin_get("/metrics");
     assert_eq!(
         metric(&mb, "meshlite_policy_denials_total", &[]),
         1.0,
@@ -405,7 +377,7 @@ fn scenario(mesh: &mut Mesh) {
     mesh.certd.take();
     assert_eq!(call(&mesh.a, B_IP, "certd down".into()), "certd down");
     assert!(
-        admin_get(&mesh.a, "/ready").starts_with("HTTP/1.1 200"),
+        mesh.a.admin_get("/ready").starts_with("HTTP/1.1 200"),
         "still ready with a valid certificate"
     );
     let rt = tokio::runtime::Handle::current();

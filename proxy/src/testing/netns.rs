@@ -149,3 +149,37 @@ impl Drop for Child {
         let _ = self.0.wait();
     }
 }
+
+impl Netns {
+    /// GETs a path from the proxy admin port inside this namespace; the whole
+    /// HTTP response, or "" if nothing answers.
+    pub fn admin_get(&self, path: &'static str) -> String {
+        use std::io::{Read, Write};
+        self.run(move || {
+            let mut s =
+                std::net::TcpStream::connect(("127.0.0.1", meshlite_contract::ADMIN_PORT)).ok()?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        })
+        .unwrap_or_default()
+    }
+
+    /// Waits (up to 30 s) until the proxy in this namespace reports ready.
+    pub fn wait_proxy_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.admin_get("/ready").starts_with("HTTP/1.1 200") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "proxy in {} never became ready",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
