@@ -26,6 +26,7 @@ const C_IP: &str = "10.214.0.4";
 const APP_PORT: u16 = 8080;
 const CERTD_PORT: u16 = meshlite_contract::CERTD_PORT;
 /// A payload that must never appear in clear on the bridge.
+const CERT_LIFETIME: Duration = Duration::from_secs(8);
 const MARKER: &str = "MESHLITE-SECRET-PAYLOAD-7f3a9c";
 
 fn proxy_bin() -> PathBuf {
@@ -123,7 +124,9 @@ impl Mesh {
         let settings = Settings {
             listen: (HUB_IP.parse::<std::net::IpAddr>().unwrap(), CERTD_PORT).into(),
             trust_domain: TrustDomain::default(),
-            lifetime: meshlite_certd::approval::Lifetime::from_secs(3600).unwrap(),
+            // Eight-second certificates: the proxies renew every few seconds,
+            // so the test sees rotations under traffic.
+            lifetime: meshlite_certd::approval::Lifetime::for_tests(CERT_LIFETIME),
             mode: Mode::Embedded(embedded.clone()),
         };
         let running = meshlite_certd::app::start_embedded(&settings, &embedded, listener)
@@ -259,28 +262,43 @@ fn scenario(mesh: &mut Mesh) {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut capture = Child(tcpdump.spawn().unwrap());
-    {
-        // tcpdump says "listening on" once the capture is live.
-        let mut err = capture.0.stderr.take().unwrap();
+    // tcpdump says "listening on" once the capture is live. Its stderr is
+    // drained until it exits: a closed pipe would kill it on its next write.
+    let (live_tx, live_rx) = std::sync::mpsc::channel();
+    let mut err = capture.0.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
         let mut seen = Vec::new();
         let mut byte = [0u8; 1];
-        while !String::from_utf8_lossy(&seen).contains("listening on") {
-            assert_eq!(err.read(&mut byte).unwrap(), 1, "tcpdump exited early");
+        let mut told = false;
+        while err.read(&mut byte).unwrap_or(0) == 1 {
             seen.push(byte[0]);
+            if !told && String::from_utf8_lossy(&seen).contains("listening on") {
+                let _ = live_tx.send(());
+                told = true;
+            }
         }
-    }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    live_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("tcpdump did not start capturing");
     for i in 0..3 {
         let msg = format!("{MARKER}-{i}");
         assert_eq!(call(&mesh.a, B_IP, msg.clone()), msg, "A -> B");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // tcpdump writes each packet as it sees it (-U); give it time under load.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&pcap).map_or(0, |m| m.len()) < 2000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(capture.0.id() as i32, libc::SIGINT) };
     let _ = capture.0.wait();
+    let tcpdump_said = stderr.join().unwrap();
     let bytes = std::fs::read(&pcap).unwrap();
     assert!(
         bytes.len() > 1000,
-        "the capture saw the traffic ({} bytes)",
+        "the capture saw the traffic ({} bytes); tcpdump: {tcpdump_said}",
         bytes.len()
     );
     assert!(
@@ -371,9 +389,33 @@ fn scenario(mesh: &mut Mesh) {
         call(&mesh.a, B_IP, "from A".into()) == "from A"
     });
 
-    // 5. certd goes away: established and new connections keep working while
+    // 5. A long-lived A -> B stream survives certificate rotations on both
+    //    sides, and new connections keep working throughout.
+    let renewals = |ns: &Netns| {
+        metric(
+            &ns.admin_get("/metrics"),
+            "meshlite_certificate_renewals_total",
+            &["result=\"ok\""],
+        )
+    };
+    let (ra, rb) = (renewals(&mesh.a), renewals(&mesh.b));
+    let long = long_lived(&mesh.a, 30);
+    eventually("both sides renewed twice", || {
+        assert_eq!(
+            call(&mesh.a, B_IP, "during rotation".into()),
+            "during rotation"
+        );
+        renewals(&mesh.a) >= ra + 2.0 && renewals(&mesh.b) >= rb + 2.0
+    });
+    assert_eq!(
+        long.finish(),
+        30,
+        "the long-lived stream survived the rotations"
+    );
+
+    // 6. certd goes away: established and new connections keep working while
     //    the certificates are valid; certd comes back and nothing breaks.
-    let long = long_lived(&mesh.a);
+    let long = long_lived(&mesh.a, 10);
     mesh.certd.take();
     assert_eq!(call(&mesh.a, B_IP, "certd down".into()), "certd down");
     assert!(
@@ -391,18 +433,18 @@ fn scenario(mesh: &mut Mesh) {
     drop(pb);
 }
 
-/// A connection from `ns` to B that sends a message every 300 ms, ten times,
-/// across whatever the test does meanwhile; it counts the echoes.
+/// A connection from `ns` to B that sends a message every 300 ms, `ticks`
+/// times, across whatever the test does meanwhile; it counts the echoes.
 struct LongLived(std::thread::JoinHandle<usize>);
 
-fn long_lived(ns: &Netns) -> LongLived {
+fn long_lived(ns: &Netns, ticks: usize) -> LongLived {
     LongLived(ns.spawn(move || {
         let addr: SocketAddr = format!("{B_IP}:{APP_PORT}").parse().unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = [0u8; 5];
         let mut echoed = 0;
-        for _ in 0..10 {
+        for _ in 0..ticks {
             if s.write_all(b"tick!").is_err() || s.read_exact(&mut buf).is_err() {
                 break;
             }
