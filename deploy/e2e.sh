@@ -58,7 +58,7 @@ step "control plane"
 kubectl apply -k deploy/
 kubectl -n "$sys" rollout status deploy/meshlite-certd --timeout=180s
 eventually 60 "certd created Secret meshlite-ca" kubectl -n "$sys" get secret meshlite-ca
-deploy/injector-cert.sh --days 1
+eventually 60 "certd created Secret meshlite-injector-tls" kubectl -n "$sys" get secret meshlite-injector-tls
 kubectl -n "$sys" rollout status deploy/meshlite-injector --timeout=180s
 eventually 90 "certd set the webhook's caBundle" ca_bundle_set
 

@@ -17,6 +17,7 @@ use crate::config::{ClusterSettings, EmbeddedCa, EmbeddedSettings, Settings};
 use crate::kube::bootstrap::{self, BootstrapError, CaSecretRef};
 use crate::kube::signer::Signing;
 use crate::kube::trust::TrustDistributor;
+use crate::kube::webhook_cert::WebhookCert;
 use crate::kube::{KubeSigner, KubeTokenReviewer};
 use crate::metrics::Metrics;
 use crate::review::{StaticTokens, TokenFileError};
@@ -134,9 +135,15 @@ pub async fn start_cluster(
         ready: Arc::new(AtomicBool::new(true)),
         deadline: Some(cluster.request_deadline),
     });
+    let injector_cert = WebhookCert {
+        namespace: ca_ref.namespace.clone(),
+        name: cluster.injector_secret.clone(),
+        dns: cluster.injector_dns_names.clone(),
+    };
     let distributor = TrustDistributor {
         client,
         ca_ref,
+        injector_cert,
         ca: shared.clone(),
         metrics: metrics.clone(),
         webhook: cluster.webhook_configuration.clone(),

@@ -20,7 +20,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Lifetime of a root certd generates itself.
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Lifetime of certd's own serving certificate; it is re-issued at every start.
+/// Lifetime of a serving certificate (certd's own, re-issued at every start and
+/// at half-life; the injector's, re-issued by the trust loop at half-life).
 pub const SERVING_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Leaves start this far in the past, so a peer whose clock lags still accepts them.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);

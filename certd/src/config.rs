@@ -81,6 +81,13 @@ pub struct Args {
     /// MutatingWebhookConfiguration whose caBundle certd keeps current.
     #[arg(long, global = true, default_value = WEBHOOK_CONFIGURATION)]
     pub webhook_configuration: String,
+    /// Secret (in the CA namespace, type kubernetes.io/tls) where certd keeps
+    /// the injector's serving certificate; the injector Deployment mounts it.
+    #[arg(long, global = true, default_value = crate::kube::webhook_cert::INJECTOR_SECRET)]
+    pub injector_secret: String,
+    /// The injector's Service (in the CA namespace): its certificate's DNS names.
+    #[arg(long, global = true, default_value = crate::kube::webhook_cert::INJECTOR_SERVICE)]
+    pub injector_service: String,
     /// Seconds between trust-bundle reconcile passes.
     #[arg(long, global = true, default_value_t = 30)]
     pub reconcile_interval_seconds: u64,
@@ -154,6 +161,10 @@ pub struct ClusterSettings {
     pub ca_secret: String,
     pub dns_names: Vec<String>,
     pub webhook_configuration: String,
+    /// The injector's serving-certificate Secret, in `ca_namespace`.
+    pub injector_secret: String,
+    /// DNS names of the injector's Service, for its certificate.
+    pub injector_dns_names: Vec<String>,
     pub reconcile_interval: Duration,
 }
 
@@ -220,6 +231,11 @@ impl Args {
                 ca_secret: self.ca_secret.clone(),
                 dns_names,
                 webhook_configuration: self.webhook_configuration.clone(),
+                injector_secret: self.injector_secret.clone(),
+                injector_dns_names: crate::server::cluster_dns_names(
+                    &self.injector_service,
+                    &self.ca_namespace,
+                ),
                 reconcile_interval: Duration::from_secs(self.reconcile_interval_seconds),
             })
         };
@@ -255,6 +271,14 @@ mod tests {
         assert!(
             c.dns_names
                 .contains(&"meshlite-certd.meshlite-system.svc".to_string())
+        );
+        assert_eq!(c.injector_secret, "meshlite-injector-tls");
+        assert_eq!(
+            c.injector_dns_names,
+            vec![
+                "meshlite-injector.meshlite-system.svc".to_string(),
+                "meshlite-injector.meshlite-system.svc.cluster.local".to_string(),
+            ]
         );
     }
 

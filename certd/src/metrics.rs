@@ -1,6 +1,6 @@
 //! certd's Prometheus metrics: requests by result (`issued` or the refusal
-//! reason) and the CA's notAfter, so an expiring root pages someone long
-//! before it breaks the mesh.
+//! reason), the CA's notAfter, so an expiring root pages someone long
+//! before it breaks the mesh, and the injector serving-certificate passes.
 
 use std::sync::atomic::AtomicI64;
 
@@ -15,12 +15,19 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InjectorCertLabels {
+    result: &'static str,
+    reason: &'static str,
+}
+
 /// Shared by every request and the CA reconcile loop.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<ResultLabels, Counter>,
     ca_not_after: Gauge<i64, AtomicI64>,
+    injector_cert: Family<InjectorCertLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,10 +45,19 @@ impl Default for Metrics {
             "notAfter of the signing CA chain, Unix seconds",
             ca_not_after.clone(),
         );
+        let injector_cert = Family::<InjectorCertLabels, Counter>::default();
+        registry.register(
+            "injector_certificate_passes",
+            "Reconcile passes over the injector's serving-certificate Secret, by result \
+             (current, created, updated, lost_create_race, conflict, failed) and the \
+             reason it was (re-)issued",
+            injector_cert.clone(),
+        );
         Metrics {
             registry,
             requests,
             ca_not_after,
+            injector_cert,
         }
     }
 }
@@ -54,6 +70,20 @@ impl Metrics {
     /// How many requests ended with `result`.
     pub fn requests(&self, result: &'static str) -> u64 {
         self.requests.get_or_create(&ResultLabels { result }).get()
+    }
+
+    /// One pass over the injector's Secret ended with `result` for `reason`.
+    pub fn injector_cert(&self, result: &'static str, reason: &'static str) {
+        self.injector_cert
+            .get_or_create(&InjectorCertLabels { result, reason })
+            .inc();
+    }
+
+    /// How many passes over the injector's Secret ended with `result` for `reason`.
+    pub fn injector_cert_passes(&self, result: &'static str, reason: &'static str) -> u64 {
+        self.injector_cert
+            .get(&InjectorCertLabels { result, reason })
+            .map_or(0, |c| c.get())
     }
 
     pub fn set_ca_not_after(&self, unix_seconds: i64) {

@@ -12,9 +12,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use meshlite_certd::ca::{Ca, verify_workload_chain};
 use meshlite_certd::client::request_certificate;
+use meshlite_certd::kube::webhook_cert::{INJECTOR_SECRET, INJECTOR_SERVICE};
 use meshlite_contract::{
-    INJECT_ENABLED, INJECT_LABEL, SpiffeId, TOKEN_AUDIENCE, TRUST_BUNDLE_CONFIGMAP,
-    TRUST_BUNDLE_KEY, WEBHOOK_CONFIGURATION,
+    CA_SECRET, INJECT_ENABLED, INJECT_LABEL, SYSTEM_NAMESPACE, SpiffeId, TOKEN_AUDIENCE,
+    TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, WEBHOOK_CONFIGURATION,
 };
 use meshlite_tests::fake_apiserver::certd::{ca_secret_key, csr_for, start_cluster_certd, target};
 use meshlite_tests::fake_apiserver::{FakeApiServer, Key};
@@ -75,7 +76,12 @@ async fn replicas_bootstrapping_at_once_end_up_with_one_ca() {
     );
     let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
     let stored = secret_data(&fake, "ca.crt");
-    assert_eq!(fake.list("secrets").len(), 1);
+    assert!(
+        fake.list("secrets").iter().all(
+            |s| [CA_SECRET, INJECTOR_SECRET].contains(&s["metadata"]["name"].as_str().unwrap())
+        ),
+        "one CA Secret (and the injector's)"
+    );
     for replica in [&a, &b, &c] {
         assert_eq!(
             replica.bundle_pem(),
@@ -88,7 +94,9 @@ async fn replicas_bootstrapping_at_once_end_up_with_one_ca() {
     let creates = fake
         .requests()
         .iter()
-        .filter(|r| r.resource == "secrets" && r.verb == "create")
+        .filter(|r| {
+            r.resource == "secrets" && r.verb == "create" && r.name.as_deref() == Some(CA_SECRET)
+        })
         .count();
     assert_eq!(creates, 3, "all replicas raced to create the Secret");
 
@@ -172,13 +180,10 @@ async fn a_user_provided_intermediate_signs_and_the_root_is_the_bundle() {
     )
     .unwrap();
     assert_eq!(uris, vec![id.to_uri()]);
-    // Nothing was created: the user's Secret is used as is.
-    assert!(
-        !fake
-            .requests()
-            .iter()
-            .any(|r| r.resource == "secrets" && r.verb == "create")
-    );
+    // The CA Secret was not created: the user's Secret is used as is.
+    assert!(!fake.requests().iter().any(|r| r.resource == "secrets"
+        && r.verb == "create"
+        && r.name.as_deref() == Some(CA_SECRET)));
 }
 
 #[tokio::test]
@@ -319,4 +324,242 @@ async fn a_missing_webhook_configuration_is_skipped_and_the_rest_still_runs() {
         BTreeSet::from(["get".to_string()]),
         "looked, found nothing, patched nothing"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The injector's serving certificate (certd/src/kube/webhook_cert.rs)
+
+fn injector_secret_key() -> Key {
+    FakeApiServer::core_key("secrets", Some(SYSTEM_NAMESPACE), INJECTOR_SECRET)
+}
+
+fn injector_dns() -> [String; 2] {
+    [
+        format!("{INJECTOR_SERVICE}.{SYSTEM_NAMESPACE}.svc"),
+        format!("{INJECTOR_SERVICE}.{SYSTEM_NAMESPACE}.svc.cluster.local"),
+    ]
+}
+
+/// The injector Secret's `field`, decoded; `None` while it does not exist.
+fn injector_data(fake: &FakeApiServer, field: &str) -> Option<String> {
+    let secret = fake.get(&injector_secret_key())?;
+    let b64 = secret["data"][field].as_str()?;
+    Some(String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap())
+}
+
+fn resource_version(fake: &FakeApiServer) -> String {
+    fake.get(&injector_secret_key()).unwrap()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Verifies `chain_pem` as the API server does when it calls the webhook:
+/// a TLS server certificate for `name`, chaining to the roots in `bundle_pem`.
+fn verify_as_server(chain_pem: &str, bundle_pem: &str, name: &str) -> Result<(), rustls::Error> {
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    for root in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+        roots.add(root.unwrap()).unwrap();
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    verifier
+        .verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &ServerName::try_from(name.to_string()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .map(|_| ())
+}
+
+fn assert_valid_injector_cert(fake: &FakeApiServer, bundle: &str) {
+    let secret = fake.get(&injector_secret_key()).unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let chain = injector_data(fake, "tls.crt").unwrap();
+    for name in injector_dns() {
+        verify_as_server(&chain, bundle, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(
+        verify_as_server(&chain, bundle, "meshlite-certd.meshlite-system.svc").is_err(),
+        "only the injector's names"
+    );
+    let key = KeyPair::from_pem(&injector_data(fake, "tls.key").unwrap()).unwrap();
+    assert_eq!(key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256);
+    let leaf = x509_parser::pem::parse_x509_pem(chain.as_bytes())
+        .unwrap()
+        .1;
+    let leaf = leaf.parse_x509().unwrap();
+    assert_eq!(
+        leaf.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key).as_slice(),
+        "tls.key is the certificate's key"
+    );
+}
+
+fn secret_updates(fake: &FakeApiServer) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| {
+            r.resource == "secrets"
+                && r.verb == "update"
+                && r.name.as_deref() == Some(INJECTOR_SECRET)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn certd_creates_the_injector_certificate_and_later_passes_leave_it_alone() {
+    provider();
+    let fake = FakeApiServer::start().await.unwrap();
+    let certd = start_cluster_certd(&fake, &["--reconcile-interval-seconds", "1"])
+        .await
+        .unwrap();
+    eventually("the injector Secret", || {
+        injector_data(&fake, "tls.crt").is_some()
+    })
+    .await;
+    assert_valid_injector_cert(&fake, &certd.bundle_pem());
+    let rv = resource_version(&fake);
+    let chain = injector_data(&fake, "tls.crt");
+    eventually("two more passes", || {
+        certd.metrics.injector_cert_passes("current", "") >= 2
+    })
+    .await;
+    assert_eq!(resource_version(&fake), rv, "not rewritten");
+    assert_eq!(injector_data(&fake, "tls.crt"), chain);
+    assert_eq!(secret_updates(&fake), 0);
+    assert_eq!(certd.metrics.injector_cert_passes("created", "absent"), 1);
+    let metrics = certd.metrics.encode().unwrap();
+    assert!(
+        metrics.contains(
+            "meshlite_certd_injector_certificate_passes_total{result=\"created\",reason=\"absent\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_injector_certificate_from_another_ca_or_past_half_its_life_is_replaced() {
+    provider();
+    let fake = FakeApiServer::start().await.unwrap();
+    // Left over from the manual script, issued by some other CA.
+    let other = Ca::generate_root("cluster.local").unwrap();
+    let foreign_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let foreign = other
+        .issue_serving(&foreign_key, &injector_dns(), &[])
+        .unwrap()
+        .chain_pem;
+    let secret = |chain: &str, key: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": { "name": INJECTOR_SECRET, "namespace": SYSTEM_NAMESPACE,
+                          "labels": { "keep": "me" } },
+            "data": { "tls.crt": STANDARD.encode(chain), "tls.key": STANDARD.encode(key) },
+        })
+    };
+    fake.insert(
+        injector_secret_key(),
+        secret(&foreign, &foreign_key.serialize_pem()),
+    );
+    // Another writer gets in first once: certd leaves it to the next pass.
+    fake.inject_conflicts("update", "secrets", None, 1);
+    let certd = start_cluster_certd(&fake, &["--reconcile-interval-seconds", "1"])
+        .await
+        .unwrap();
+    let bundle = certd.bundle_pem();
+    eventually("the foreign certificate replaced", || {
+        injector_data(&fake, "tls.crt").is_some_and(|c| c != foreign)
+    })
+    .await;
+    assert_valid_injector_cert(&fake, &bundle);
+    assert_eq!(
+        fake.get(&injector_secret_key()).unwrap()["metadata"]["labels"]["keep"],
+        "me",
+        "an update keeps the rest of the Secret"
+    );
+    assert_eq!(
+        secret_updates(&fake),
+        2,
+        "the conflicting update was retried"
+    );
+    assert_eq!(certd.metrics.injector_cert_passes("conflict", ""), 1);
+    assert_eq!(
+        certd
+            .metrics
+            .injector_cert_passes("updated", "not_from_current_ca"),
+        1
+    );
+
+    // A certificate from the current CA, but with 2 of its 22 days left.
+    let ca_key = KeyPair::from_pem(&secret_data(&fake, "tls.key")).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&secret_data(&fake, "tls.crt"), ca_key).unwrap();
+    let old_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(injector_dns().to_vec()).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(20);
+    params.not_after = now + time::Duration::days(2);
+    let expiring = params.signed_by(&old_key, &issuer).unwrap().pem();
+    verify_as_server(&expiring, &bundle, &injector_dns()[0]).unwrap();
+    fake.insert(
+        injector_secret_key(),
+        secret(&expiring, &old_key.serialize_pem()),
+    );
+    eventually("the expiring certificate renewed", || {
+        injector_data(&fake, "tls.crt").is_some_and(|c| c != expiring)
+    })
+    .await;
+    assert_valid_injector_cert(&fake, &bundle);
+    assert_eq!(certd.metrics.injector_cert_passes("updated", "renew"), 1);
+}
+
+#[tokio::test]
+async fn two_replicas_keep_one_stable_injector_secret() {
+    provider();
+    let fake = FakeApiServer::start().await.unwrap();
+    let (a, b) = tokio::join!(
+        start_cluster_certd(&fake, &["--reconcile-interval-seconds", "1"]),
+        start_cluster_certd(&fake, &["--reconcile-interval-seconds", "1"]),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    eventually("the injector Secret", || {
+        injector_data(&fake, "tls.crt").is_some()
+    })
+    .await;
+    assert_valid_injector_cert(&fake, &a.bundle_pem());
+    let rv = resource_version(&fake);
+    let chain = injector_data(&fake, "tls.crt");
+    eventually("both replicas checked it twice since", || {
+        a.metrics.injector_cert_passes("current", "") >= 2
+            && b.metrics.injector_cert_passes("current", "") >= 2
+    })
+    .await;
+    assert_eq!(resource_version(&fake), rv, "neither replica rewrote it");
+    assert_eq!(injector_data(&fake, "tls.crt"), chain);
+    assert_eq!(secret_updates(&fake), 0);
+    let created =
+        |r: &meshlite_certd::app::Running| r.metrics.injector_cert_passes("created", "absent");
+    assert_eq!(
+        created(&a) + created(&b),
+        1,
+        "exactly one replica created it"
+    );
+    let injector_secrets = fake
+        .list("secrets")
+        .iter()
+        .filter(|s| s["metadata"]["name"] == INJECTOR_SECRET)
+        .count();
+    assert_eq!(injector_secrets, 1);
 }

@@ -16,11 +16,13 @@
 //!   injector's config file against its real parser;
 //! - the injector's real mutation, with the shipped config, on the demo's pods,
 //!   and certd's real `caBundle` patch on the shipped webhook;
-//! - the Dockerfile, `deploy/injector-cert.sh` (run against a throwaway CA),
-//!   and `deploy/install.yaml` against the output of `deploy/render.sh`.
+//! - the injector's serving-certificate Secret against what certd, with the
+//!   shipped arguments, maintains (name, namespace, the Service's DNS names);
+//! - the Dockerfile, and `deploy/install.yaml` against the output of
+//!   `deploy/render.sh`.
 //!
 //! Helpers live in `manifests/support.rs`; the RBAC table and its checks in
-//! `manifests/rbac.rs`. Needs `bash` and `openssl` on PATH.
+//! `manifests/rbac.rs`. Needs `bash` on PATH.
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
 #[path = "manifests/rbac.rs"]
@@ -36,6 +38,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PodTemplateSpec, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meshlite_certd::config::{Args as CertdArgs, Mode as CertdMode};
+use meshlite_certd::kube::webhook_cert::{INJECTOR_SECRET, INJECTOR_SERVICE};
 use meshlite_contract as contract;
 use serde_json::Value;
 use support::*;
@@ -360,7 +364,7 @@ fn injector_runs_with_its_real_flags_config_and_serving_secret() {
         .secret
         .clone()
         .expect("a Secret volume");
-    assert_eq!(secret.secret_name.as_deref(), Some("meshlite-injector-tls"));
+    assert_eq!(secret.secret_name.as_deref(), Some(INJECTOR_SECRET));
     // The config file is the ConfigMap's injector.yaml, and parses.
     let (cfg_vol, cfg_file) = mounted(spec, c, &flags["config"]);
     let cm = volume(spec, &cfg_vol)
@@ -767,115 +771,52 @@ fn dockerfile_builds_every_binary_the_manifests_and_the_injector_run() {
 }
 
 #[test]
-fn injector_cert_sh_issues_the_secret_the_injector_mounts_for_the_webhook_service() {
+fn certd_maintains_the_secret_the_injector_mounts_for_the_webhook_service() {
     let docs = control_plane();
-    let d = deployment(&docs, "meshlite-injector");
-    let secret = pod_spec(&d)
+    let injector = deployment(&docs, "meshlite-injector");
+    let secret = pod_spec(&injector)
         .volumes
         .iter()
         .flatten()
         .find_map(|v| v.secret.as_ref()?.secret_name.clone())
         .expect("the injector mounts a Secret");
-    let svc = service_for(&docs, &d).metadata.name.unwrap();
-    let script = read(&deploy_dir().join("injector-cert.sh"));
-    for (var, value) in [
-        ("namespace", contract::SYSTEM_NAMESPACE),
-        ("service", svc.as_str()),
-        ("secret", secret.as_str()),
-        ("ca_secret", contract::CA_SECRET),
-    ] {
-        assert!(
-            script.lines().any(|l| l == format!("{var}={value}")),
-            "deploy/injector-cert.sh sets {var}={value}"
-        );
-    }
+    assert_eq!(
+        secret, INJECTOR_SECRET,
+        "the default of certd's --injector-secret"
+    );
+    let svc = service_for(&docs, &injector).metadata.name.unwrap();
+    assert_eq!(
+        svc, INJECTOR_SERVICE,
+        "the default of certd's --injector-service"
+    );
 
-    // Issue from a throwaway P-256 CA into a directory (no cluster) and check
-    // the certificate names the Service and chains to the CA.
-    let dir = std::env::temp_dir().join(format!("meshlite-injector-cert-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .expect("running openssl (the script needs it too)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        "ca.key",
-    ]);
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "ca.key",
-        "-subj",
-        "/CN=test CA",
-        "-days",
-        "2",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-        "-out",
-        "ca.crt",
-    ]);
-    let out = std::process::Command::new("bash")
-        .arg(deploy_dir().join("injector-cert.sh"))
-        .args([
-            "--ca-cert",
-            "ca.crt",
-            "--ca-key",
-            "ca.key",
-            "--out-dir",
-            "out",
-            "--days",
-            "1",
-        ])
-        .current_dir(&dir)
-        .output()
+    // certd, with the shipped arguments, writes that Secret in its CA
+    // namespace (where the injector runs) for the injector Service's names.
+    let certd = deployment(&docs, "meshlite-certd");
+    let c = only_container(&certd);
+    let ca_namespace = env_value(&docs, c, "CERTD_CA_NAMESPACE");
+    assert_eq!(
+        injector.metadata.namespace.as_deref(),
+        Some(ca_namespace.as_str())
+    );
+    let mut argv = vec!["meshlite-certd".to_string()];
+    argv.extend(c.args.iter().flatten().cloned());
+    argv.push(format!("--ca-namespace={ca_namespace}"));
+    let settings = <CertdArgs as clap::Parser>::try_parse_from(argv)
+        .unwrap()
+        .settings()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "injector-cert.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let CertdMode::Cluster(cluster) = settings.mode else {
+        panic!("certd runs in cluster mode");
+    };
+    assert_eq!(cluster.injector_secret, secret);
+    assert_eq!(
+        cluster.injector_dns_names,
+        vec![
+            format!("{svc}.{ca_namespace}.svc"),
+            format!("{svc}.{ca_namespace}.svc.cluster.local"),
+        ]
     );
-    let sans = openssl(&[
-        "x509",
-        "-in",
-        "out/tls.crt",
-        "-noout",
-        "-ext",
-        "subjectAltName",
-    ]);
-    assert!(
-        sans.contains(&format!("DNS:{svc}.{}.svc", contract::SYSTEM_NAMESPACE)),
-        "{sans}"
-    );
-    openssl(&[
-        "verify",
-        "-CAfile",
-        "ca.crt",
-        "-purpose",
-        "sslserver",
-        "out/tls.crt",
-    ]);
-    assert!(read(&dir.join("out/tls.key")).starts_with("-----BEGIN PRIVATE KEY-----"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // ---------------------------------------------------------------------------

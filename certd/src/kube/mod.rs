@@ -1,5 +1,6 @@
 //! Everything that talks to the Kubernetes API: TokenReview, the CSR flow,
-//! the CA Secret bootstrap and the trust-bundle reconcile loop.
+//! the CA Secret bootstrap, the trust-bundle reconcile loop and the
+//! injector's serving-certificate Secret it maintains.
 //!
 //! Each piece fetches and applies; the decisions live in the pure modules
 //! ([`crate::identity`], [`crate::approval`], [`crate::csr`]).
@@ -7,6 +8,7 @@
 pub mod bootstrap;
 pub mod signer;
 pub mod trust;
+pub mod webhook_cert;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};

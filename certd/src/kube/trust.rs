@@ -4,8 +4,9 @@
 //! Every pass (at start and then periodically) it re-reads the CA Secret, so
 //! a rotation done by editing the Secret reaches certd, then makes sure that
 //! ConfigMap `meshlite-trust-bundle` holds the current bundle in every
-//! namespace labelled for injection, and that every webhook in the injector's
-//! MutatingWebhookConfiguration carries it as `caBundle`.
+//! namespace labelled for injection, that every webhook in the injector's
+//! MutatingWebhookConfiguration carries it as `caBundle`, and that the
+//! injector's serving certificate is current ([`super::webhook_cert`]).
 //!
 //! Replicas run this concurrently: writes carry the resourceVersion they were
 //! based on, and a conflict means "re-read and try again", never "overwrite".
@@ -22,6 +23,7 @@ use meshlite_contract::{INJECT_ENABLED, INJECT_LABEL, TRUST_BUNDLE_CONFIGMAP, TR
 
 use super::bootstrap::{self, CaSecretRef};
 use super::is_code;
+use super::webhook_cert::{WebhookCert, WebhookCertError};
 use crate::metrics::Metrics;
 use crate::signer::SharedCa;
 
@@ -37,6 +39,8 @@ pub enum TrustError {
     Conflicts(String),
     #[error("building the caBundle patch: {0}")]
     Patch(String),
+    #[error("injector serving certificate: {0}")]
+    WebhookCert(#[from] WebhookCertError),
 }
 
 fn api_failed(what: impl Into<String>) -> impl FnOnce(kube::Error) -> TrustError {
@@ -51,6 +55,8 @@ pub struct Summary {
     /// Namespaces whose ConfigMap was created or updated.
     pub configmaps_written: Vec<String>,
     pub webhook_patched: bool,
+    /// The injector's serving-certificate Secret was created or updated.
+    pub injector_cert_written: bool,
 }
 
 /// Keeps the trust bundle distributed.
@@ -61,6 +67,7 @@ pub struct TrustDistributor {
     pub ca: SharedCa,
     pub metrics: Arc<Metrics>,
     pub webhook: String,
+    pub injector_cert: WebhookCert,
 }
 
 impl std::fmt::Debug for TrustDistributor {
@@ -68,6 +75,7 @@ impl std::fmt::Debug for TrustDistributor {
         f.debug_struct("TrustDistributor")
             .field("ca_ref", &self.ca_ref)
             .field("webhook", &self.webhook)
+            .field("injector_cert", &self.injector_cert)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +129,17 @@ impl TrustDistributor {
             Err(e) => {
                 tracing::warn!(error = %e, "webhook caBundle not updated");
                 first_error.get_or_insert(e);
+            }
+        }
+        match self
+            .injector_cert
+            .reconcile(&self.client, &ca, &self.metrics)
+            .await
+        {
+            Ok(outcome) => summary.injector_cert_written = outcome.wrote(),
+            Err(e) => {
+                tracing::warn!(error = %e, "injector serving certificate not updated");
+                first_error.get_or_insert(e.into());
             }
         }
         match first_error {

@@ -84,6 +84,8 @@ pub struct Recorded {
     pub resource: String,
     pub subresource: Option<String>,
     pub namespace: Option<String>,
+    /// The object's name: from the path, or for a create from the body's
+    /// `metadata.name` (absent with `generateName`).
     pub name: Option<String>,
 }
 

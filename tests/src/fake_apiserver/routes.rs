@@ -143,13 +143,23 @@ async fn handle(
             );
         }
     };
+    // A create names its object in the body; record that name so tests can
+    // tell creates apart (RBAC still cannot restrict a create by name).
+    let name = match verb {
+        "create" => serde_json::from_slice::<Value>(&body).ok().and_then(|b| {
+            b.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        }),
+        _ => target.name.clone(),
+    };
     lock(&shared.requests).push(Recorded {
         verb: verb.into(),
         group: target.group.clone(),
         resource: target.resource.clone(),
         subresource: target.subresource.clone(),
         namespace: target.namespace.clone(),
-        name: target.name.clone(),
+        name,
     });
     if take_conflict(&shared, verb, &target) {
         return status::conflict(

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use meshlite_certd::kube::webhook_cert::INJECTOR_SECRET;
 use meshlite_contract as contract;
 
 /// Where a grant applies.
@@ -102,15 +103,25 @@ const CERTD_CALLS: &[Call] = &[
         verbs: &["get", "patch"],
         names: &[contract::WEBHOOK_CONFIGURATION],
     },
-    // Load the CA Secret, or create it on first start (a create cannot be
-    // restricted by name).
+    // Load the CA Secret every pass, and check the injector's serving
+    // certificate Secret (certd/src/kube/webhook_cert.rs) every pass.
     Call {
         scope: Scope::System,
         group: "",
         resource: "secrets",
         verbs: &["get"],
-        names: &[contract::CA_SECRET],
+        names: &[contract::CA_SECRET, INJECTOR_SECRET],
     },
+    // Re-issue the injector's certificate; the CA Secret is never updated.
+    Call {
+        scope: Scope::System,
+        group: "",
+        resource: "secrets",
+        verbs: &["update"],
+        names: &[INJECTOR_SECRET],
+    },
+    // Create the CA Secret on first start and the injector's Secret when it
+    // is absent (a create cannot be restricted by name).
     Call {
         scope: Scope::System,
         group: "",
@@ -398,6 +409,7 @@ fn certd_source_uses_the_listed_resources_and_verbs() {
         (".delete(", "certificatesigningrequests", "delete"),
         (".list(", "namespaces", "list"),
         (".replace(", "configmaps", "update"),
+        (".replace(", "secrets", "update"),
         (".patch(", "mutatingwebhookconfigurations", "patch"),
     ];
     for (method, resource, verb) in methods {
