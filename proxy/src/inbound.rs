@@ -133,7 +133,7 @@ async fn mesh(tcp: TcpStream, prefix: Vec<u8>, target: SocketAddr, ctx: &Ctx, lo
     let peer = conn
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(|leaf| check_identity(leaf, &ctx.creds_trust_domain()));
+        .map(|leaf| check_identity(leaf, ctx.creds.trust_domain()));
     let peer = match peer {
         Some(Ok(info)) if info.not_after > SystemTime::now() => info.id,
         Some(Ok(_)) => {

@@ -12,7 +12,7 @@ use crate::outbound::FallbackCache;
 use crate::policy::PolicyStore;
 use crate::relay::{RelayEnd, RelayStats};
 use crate::tls::CredStore;
-use meshlite_contract::{AllowList, SpiffeId, TrustDomain};
+use meshlite_contract::{AllowList, SpiffeId};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,12 +33,6 @@ pub(crate) struct Ctx {
     pub fallback: FallbackCache,
     pub limiter: Arc<Semaphore>,
     pub draining: AtomicBool,
-}
-
-impl Ctx {
-    pub fn creds_trust_domain(&self) -> TrustDomain {
-        self.creds.trust_domain().clone()
-    }
 }
 
 /// The one log line written when a connection closes.
