@@ -231,13 +231,25 @@ impl RunArgs {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // `Targets` understands RUST_LOG's `target=level,level` form without
+    // pulling a regex engine into the sidecar.
+    let default = tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) => v.parse().unwrap_or_else(|e| {
+            eprintln!("ignoring RUST_LOG={v:?}: {e}; logging at info");
+            default
+        }),
+        Err(_) => default,
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
-        builder.json().init();
+        registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .init();
     } else {
-        builder.init();
+        registry.with(tracing_subscriber::fmt::layer()).init();
     }
 }
 
