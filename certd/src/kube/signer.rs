@@ -108,25 +108,24 @@ impl KubeSigner {
         }
     }
 
-    async fn approve(
+    /// PUTs the CSR to `subresource` after `edit`; on a 409 (someone wrote in
+    /// between, e.g. a controller adding an annotation) re-reads it and
+    /// applies `edit` again, a bounded number of times.
+    async fn write_subresource(
         &self,
+        subresource: &'static str,
         mut csr: CertificateSigningRequest,
-        req: &SignRequest,
+        edit: impl Fn(&mut CertificateSigningRequest),
     ) -> Result<CertificateSigningRequest, ApiError> {
         let name = csr.metadata.name.clone().unwrap_or_default();
         for _ in 0..CONFLICT_RETRIES {
-            let status = csr.status.get_or_insert_with(Default::default);
-            status
-                .conditions
-                .get_or_insert_with(Vec::new)
-                .push(approval::approval_condition(&req.caller));
+            edit(&mut csr);
             match self
                 .api
-                .replace_subresource("approval", &name, &PostParams::default(), &csr)
+                .replace_subresource(subresource, &name, &PostParams::default(), &csr)
                 .await
             {
-                Ok(approved) => return Ok(approved),
-                // Someone (a controller adding an annotation) wrote in between: re-read and retry.
+                Ok(written) => return Ok(written),
                 Err(e) if is_code(&e, 409) => {
                     csr = self
                         .api
@@ -134,21 +133,35 @@ impl KubeSigner {
                         .await
                         .map_err(|e| api_error("CSR get", e))?;
                 }
-                Err(e) => return Err(api_error("CSR approval", e)),
+                Err(e) => return Err(api_error(&format!("CSR {subresource}"), e)),
             }
         }
-        Err(ApiError::Unavailable(
-            "CSR approval kept conflicting".into(),
-        ))
+        Err(ApiError::Unavailable(format!(
+            "CSR {subresource} kept conflicting"
+        )))
+    }
+
+    async fn approve(
+        &self,
+        csr: CertificateSigningRequest,
+        req: &SignRequest,
+    ) -> Result<CertificateSigningRequest, ApiError> {
+        self.write_subresource("approval", csr, |csr| {
+            csr.status
+                .get_or_insert_with(Default::default)
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(approval::approval_condition(&req.caller));
+        })
+        .await
     }
 
     async fn sign_builtin(
         &self,
         ca: &SharedCa,
-        mut csr: CertificateSigningRequest,
+        csr: CertificateSigningRequest,
         req: &SignRequest,
     ) -> Result<Issued, ApiError> {
-        let name = csr.metadata.name.clone().unwrap_or_default();
         let issued = ca
             .get()
             .issue_workload(
@@ -158,28 +171,14 @@ impl KubeSigner {
                 OffsetDateTime::now_utc(),
             )
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        for _ in 0..CONFLICT_RETRIES {
-            let status = csr
-                .status
-                .get_or_insert_with(CertificateSigningRequestStatus::default);
-            status.certificate = Some(ByteString(issued.chain_pem.clone().into_bytes()));
-            match self
-                .api
-                .replace_status(&name, &PostParams::default(), &csr)
-                .await
-            {
-                Ok(_) => return Ok(issued),
-                Err(e) if is_code(&e, 409) => {
-                    csr = self
-                        .api
-                        .get(&name)
-                        .await
-                        .map_err(|e| api_error("CSR get", e))?;
-                }
-                Err(e) => return Err(api_error("CSR status", e)),
-            }
-        }
-        Err(ApiError::Unavailable("CSR status kept conflicting".into()))
+        let chain = ByteString(issued.chain_pem.clone().into_bytes());
+        self.write_subresource("status", csr, |csr| {
+            csr.status
+                .get_or_insert_with(CertificateSigningRequestStatus::default)
+                .certificate = Some(chain.clone());
+        })
+        .await?;
+        Ok(issued)
     }
 
     /// Waits for an external signer: re-reads the object, then watches it from
