@@ -187,6 +187,24 @@ pub struct Rate {
     pub latency: Latency,
 }
 
+/// Joins the client tasks and turns their histograms into one [`Rate`].
+async fn merge(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>,
+    concurrency: usize,
+    measure: Duration,
+) -> anyhow::Result<Rate> {
+    let mut all = histogram();
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    Ok(Rate {
+        concurrency,
+        count: all.len(),
+        per_second: all.len() as f64 / measure.as_secs_f64(),
+        latency: Latency::of(&all),
+    })
+}
+
 /// Persistent connections, each sending 64 B and reading 1 KiB in a loop.
 pub async fn request_response(
     entry: SocketAddr,
@@ -218,16 +236,7 @@ pub async fn request_response(
             Ok::<_, anyhow::Error>(h)
         }));
     }
-    let mut all = histogram();
-    for t in tasks {
-        all.add(t.await??)?;
-    }
-    Ok(Rate {
-        concurrency,
-        count: all.len(),
-        per_second: all.len() as f64 / measure.as_secs_f64(),
-        latency: Latency::of(&all),
-    })
+    merge(tasks, concurrency, measure).await
 }
 
 /// A new connection per request; latency is the time to the first response byte.
@@ -264,14 +273,5 @@ pub async fn churn(
             Ok::<_, anyhow::Error>(h)
         }));
     }
-    let mut all = histogram();
-    for t in tasks {
-        all.add(t.await??)?;
-    }
-    Ok(Rate {
-        concurrency,
-        count: all.len(),
-        per_second: all.len() as f64 / measure.as_secs_f64(),
-        latency: Latency::of(&all),
-    })
+    merge(tasks, concurrency, measure).await
 }
