@@ -395,13 +395,15 @@ fn certd_source_uses_the_listed_resources_and_verbs() {
     };
     // kube::Api methods and the (sub)resource and verb each needs.
     let methods: &[(&str, &str, &str)] = &[
+        // Both CSR subresources are PUT through one conflict-retrying
+        // helper, `write_subresource`, which calls `.replace_subresource(`.
         (
-            ".replace_subresource(\"approval\"",
+            "write_subresource(\"approval\"",
             "certificatesigningrequests/approval",
             "update",
         ),
         (
-            ".replace_status(",
+            "write_subresource(\"status\"",
             "certificatesigningrequests/status",
             "update",
         ),
@@ -412,6 +414,14 @@ fn certd_source_uses_the_listed_resources_and_verbs() {
         (".replace(", "secrets", "update"),
         (".patch(", "mutatingwebhookconfigurations", "patch"),
     ];
+    assert!(
+        source.contains(".replace_subresource(subresource"),
+        "write_subresource PUTs to the subresource it is given"
+    );
+    assert!(
+        !source.contains(".replace_status("),
+        "status is written only through write_subresource"
+    );
     for (method, resource, verb) in methods {
         assert_eq!(
             source.contains(method),
