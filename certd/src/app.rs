@@ -21,8 +21,9 @@ use crate::kube::webhook_cert::WebhookCert;
 use crate::kube::{KubeSigner, KubeTokenReviewer};
 use crate::metrics::Metrics;
 use crate::review::{StaticTokens, TokenFileError};
-use crate::server::{ServerError, ServingCert, serve, tls_config};
+use crate::server::{ServerError, ServingCert, tls_config};
 use crate::signer::{EmbeddedSigner, SharedCa};
+use meshlite_https::serve;
 
 /// File names in an embedded CA directory.
 pub const CA_DIR_CERT: &str = "ca.pem";

@@ -1,14 +1,10 @@
-//! HTTPS for the API: TLS 1.3 only (tokio-rustls, aws-lc-rs), HTTP/1.1 via
-//! hyper, routes via axum. The serving certificate comes from certd's own CA,
-//! so proxies verify certd with the same trust bundle they use for peers.
+//! The API's TLS: TLS 1.3 only (aws-lc-rs) with a serving certificate from
+//! certd's own CA, so proxies verify certd with the same trust bundle they use
+//! for peers. The accept loop itself is `meshlite_https::serve`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use axum::Router;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rcgen::KeyPair;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -16,15 +12,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tower::Service as _;
 
 use crate::ca::{Ca, CaError};
 use crate::signer::SharedCa;
-
-/// A client has this long to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the serving TLS config could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -140,55 +130,6 @@ pub fn tls_config(cert: Arc<ServingCert>) -> Result<ServerConfig, ServerError> {
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// Serves `router` over TLS on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    tls: ServerConfig,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Usually EMFILE: back off briefly and keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        tokio::spawn(connection(acceptor.clone(), tcp, peer, router.clone()));
-    }
-}
-
-async fn connection(
-    acceptor: TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    router: Router,
-) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-    };
-    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let mut router = router.clone();
-        router.call(req.map(axum::body::Body::new))
-    });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-    {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ pub mod metrics;
 pub mod mutate;
 pub mod probes;
 pub mod review;
-pub mod server;
 pub mod settings;
 pub mod sidecar;
 pub mod tls;

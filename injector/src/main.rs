@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use meshlite_injector::metrics::Metrics;
 use meshlite_injector::tls::ReloadingCert;
 use meshlite_injector::webhook::KubeNamespaces;
-use meshlite_injector::{InjectorConfig, Webhook, server};
+use meshlite_injector::{InjectorConfig, Webhook};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, "serving the admission webhook");
-    server::serve(listener, tls, hook.router(), shutdown()).await;
+    meshlite_https::serve(listener, tls, hook.router(), shutdown()).await;
     Ok(())
 }
 

@@ -46,7 +46,7 @@ async fn start() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = webhook(InjectorConfig::default()).router();
-    tokio::spawn(meshlite_injector::server::serve(
+    tokio::spawn(meshlite_https::serve(
         listener,
         tls,
         router,

@@ -1,4 +1,6 @@
-//! The HTTPS accept loop: TLS via tokio-rustls, HTTP/1.1 via hyper, routes via axum.
+//! The HTTPS accept loop that certd's API and the injector's webhook share:
+//! TLS via tokio-rustls (the caller's config decides versions and
+//! certificates), HTTP/1.1 via hyper, routes via axum.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
