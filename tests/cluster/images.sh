@@ -7,7 +7,9 @@
 #                             (nft and legacy variants) with its libraries
 #   meshlite.io/pause:dev     the pod sandbox (meshlite-testapp pause)
 #   meshlite.io/testapp:dev   the test app (meshlite-testapp serve/call/hold)
-# Usage: images.sh RELEASE_DIR OUT_DIR CONTAINERD_SOCKET
+# Usage: images.sh BIN_DIR OUT_DIR CONTAINERD_SOCKET
+#   BIN_DIR holds meshlite's binaries, release or debug (cargo test uses
+#   target/debug); their debug info is stripped in the image.
 # tests/tests/cluster.rs checks that meshlite:dev and deploy/Dockerfile agree.
 set -euo pipefail
 rel=$(cd "$1" && pwd) out=$2 sock=$3
@@ -60,8 +62,15 @@ pack() {
   local archive="$out/$(echo "$name" | tr '/:' '__').oci.tar"
   tar -C "$work" -cf "$archive" oci-layout index.json blobs
   rm -rf "$work"
-  ctr --address "$sock" -n k8s.io images import --index-name "$name" "$archive" >/dev/null
-  echo "packed and imported $name ($archive)"
+  # The CRI looks images up by their normalized reference: meshlite:dev is
+  # docker.io/library/meshlite:dev to the kubelet.
+  local ref=$name
+  case ${name%%/*} in
+    *.*|*:[0-9]*|localhost) ;;
+    *) case $name in */*) ref=docker.io/$name ;; *) ref=docker.io/library/$name ;; esac ;;
+  esac
+  ctr --address "$sock" -n k8s.io images import --index-name "$ref" "$archive" >/dev/null
+  echo "packed and imported $ref ($archive)"
 }
 
 base_root() {
@@ -79,6 +88,7 @@ base_root "$root"
 mkdir -p "$root/usr/local/bin"
 for b in meshlite-proxy meshlite-certd meshlite-injector; do
   install -m 0755 "$rel/$b" "$root/usr/local/bin/$b"
+  strip --strip-debug "$root/usr/local/bin/$b"
   copy_with_libs "$root" "$rel/$b" >/dev/null
 done
 # Debian's iptables package: every file it ships (both variants, the
@@ -104,6 +114,7 @@ root=$(mktemp -d)
 base_root "$root"
 mkdir -p "$root/usr/local/bin"
 install -m 0755 "$rel/meshlite-testapp" "$root/usr/local/bin/meshlite-testapp"
+strip --strip-debug "$root/usr/local/bin/meshlite-testapp"
 copy_with_libs "$root" "$rel/meshlite-testapp" >/dev/null
 pack meshlite.io/pause:dev "$root" '{"User":"65535:65535","Entrypoint":["/usr/local/bin/meshlite-testapp","pause"]}'
 pack meshlite.io/testapp:dev "$root" '{"User":"1000:1000","Entrypoint":["/usr/local/bin/meshlite-testapp"],"Cmd":["serve","8080"]}'

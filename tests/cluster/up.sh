@@ -7,15 +7,16 @@
 # namespaces on bridge mlcni0 (10.213.0.0/24); nothing forwarded from that
 # bridge may leave it for any other interface.
 #
-# Usage: up.sh BIN_DIR RELEASE_DIR
-#   BIN_DIR      from build.sh; RELEASE_DIR holds meshlite's release binaries
+# Usage: up.sh BIN_DIR MESHLITE_BIN_DIR
+#   BIN_DIR from build.sh; MESHLITE_BIN_DIR holds meshlite's binaries (release
+#   or debug: tests/tests/cluster.rs uses target/debug)
 # Writes the admin kubeconfig to $STATE/admin.kubeconfig. down.sh undoes it all.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$1 rel=$2
 . "$here/env.sh"
 
-for tool in containerd containerd-shim-runc-v2 runc ctr openssl iptables ip conntrack /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback; do
+for tool in containerd containerd-shim-runc-v2 runc ctr openssl strip iptables ip conntrack /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "FATAL: $tool is missing (tests/cluster/README.md lists what this tier needs)" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "FATAL: the real-cluster tier needs root" >&2; exit 1; }
@@ -88,7 +89,7 @@ iptables -A MESHLITE-CLUSTER-FWD -i "$BRIDGE" ! -o "$BRIDGE" -j DROP
 iptables -I FORWARD 1 -j MESHLITE-CLUSTER-FWD
 cat > "$STATE/cni/10-meshlite.conflist" <<CNI
 {"cniVersion": "0.4.0", "name": "meshlite-cluster", "plugins": [
-  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "isDefaultGateway": true, "ipMasq": false, "hairpinMode": true,
    "ipam": {"type": "host-local", "dataDir": "$STATE/cni-ipam",
             "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$NODE_IP"}]]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
@@ -109,7 +110,7 @@ AP
 start kube-apiserver "$bin/kube-apiserver" --etcd-servers http://127.0.0.1:23790 \
   --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port 6443 \
   --service-cluster-ip-range "$SVC_CIDR" --allow-privileged=true \
-  --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+  --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction --kubelet-preferred-address-types InternalIP \
   --client-ca-file "$pki/ca.crt" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \

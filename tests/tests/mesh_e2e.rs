@@ -258,30 +258,9 @@ fn scenario(mesh: &mut Mesh) {
         .args(["-i", &format!("eh{}x1", std::process::id())])
         .args(["-U", "-n", "-Z", "root", "--immediate-mode", "-w"])
         .arg(&pcap)
-        .args(["tcp", "port", &APP_PORT.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut capture = Child(tcpdump.spawn().unwrap());
-    // tcpdump says "listening on" once the capture is live. Its stderr is
-    // drained until it exits: a closed pipe would kill it on its next write.
-    let (live_tx, live_rx) = std::sync::mpsc::channel();
-    let mut err = capture.0.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 1];
-        let mut told = false;
-        while err.read(&mut byte).unwrap_or(0) == 1 {
-            seen.push(byte[0]);
-            if !told && String::from_utf8_lossy(&seen).contains("listening on") {
-                let _ = live_tx.send(());
-                told = true;
-            }
-        }
-        String::from_utf8_lossy(&seen).into_owned()
-    });
-    live_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("tcpdump did not start capturing");
+        .args(["tcp", "port", &APP_PORT.to_string()]);
+    let (child, stderr) = meshlite_tests::start_tcpdump(tcpdump);
+    let mut capture = Child(child);
     for i in 0..3 {
         let msg = format!("{MARKER}-{i}");
         assert_eq!(call(&mesh.a, B_IP, msg.clone()), msg, "A -> B");

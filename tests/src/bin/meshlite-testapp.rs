@@ -9,7 +9,8 @@
 //!
 //! `serve PORT` answers each connection's first line with
 //! `<name> from=<peer address> got=<line>`, so a test sees which pod answered,
-//! what it received, and which address the connection came from.
+//! what it received, and which address the connection came from. A first line
+//! `GET ...` is an HTTP request (a kubelet probe): it gets `200 ok` and a close.
 //! `call ADDR MSG` connects, sends MSG and a newline, and prints the answer.
 //! `hold ADDR SECS` keeps one connection open for SECS seconds, sending a line
 //! every second and printing how many answers came back (a long-lived stream
@@ -81,9 +82,21 @@ fn serve(port: &str) -> Result {
                 return;
             };
             let mut writer = write_half;
-            for line in BufReader::new(conn).lines() {
-                let Ok(line) = line else { return };
+            let mut lines = BufReader::new(conn).lines();
+            while let Some(Ok(line)) = lines.next() {
                 println!("conn from={from} got={line}");
+                if line.starts_with("GET ") {
+                    // An HTTP probe: skip its headers, answer 200, close.
+                    while lines
+                        .next()
+                        .is_some_and(|l| l.is_ok_and(|l| !l.trim().is_empty()))
+                    {
+                    }
+                    let _ = writer.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                    );
+                    return;
+                }
                 if writeln!(writer, "{name} from={from} got={line}").is_err() {
                     return;
                 }
