@@ -32,9 +32,13 @@ pub struct InjectorConfig {
     pub proxy_resources: Resources,
     /// Resources of the init container (it only runs iptables-restore).
     pub init_resources: Resources,
-    /// Inject the proxy as a regular container with a postStart wait, for
-    /// clusters older than 1.29 (no native sidecars).
-    pub legacy_mode: bool,
+    /// `auto` (the default): native sidecars where the API server has them
+    /// (1.29 and later), legacy mode before. `true`: the proxy is a regular
+    /// container with a postStart wait. `false`: always a native sidecar; on a
+    /// server without them every pod is refused with a message naming this
+    /// setting. [`InjectorConfig::resolve_legacy_mode`] settles `auto` at start.
+    #[serde(with = "legacy_serde")]
+    pub legacy_mode: LegacyMode,
     /// SPIFFE trust domain handed to the proxy.
     pub trust_domain: String,
     /// certd's base URL handed to the proxy.
@@ -53,7 +57,7 @@ impl Default for InjectorConfig {
             image_pull_policy: None,
             proxy_resources: Resources::proxy_default(),
             init_resources: Resources::init_default(),
-            legacy_mode: false,
+            legacy_mode: LegacyMode::Auto,
             trust_domain: meshlite_contract::DEFAULT_TRUST_DOMAIN.to_string(),
             certd_url: DEFAULT_CERTD_URL.to_string(),
             default_mode: Mode::Permissive,
@@ -62,6 +66,31 @@ impl Default for InjectorConfig {
             token_expiration_seconds: 3600,
         }
     }
+}
+
+/// How the proxy is injected; see [`InjectorConfig::legacy_mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LegacyMode {
+    /// Chosen from the API server's version at start. Unresolved, it injects a
+    /// native sidecar.
+    #[default]
+    Auto,
+    /// A regular container with a postStart wait (`legacyMode: true`).
+    On,
+    /// A native sidecar (`legacyMode: false`).
+    Off,
+}
+
+/// The first Kubernetes minor (of major 1) with native sidecars on by default.
+pub const NATIVE_SIDECAR_MINOR: u32 = 29;
+
+/// Parses a `/version` answer's `major` and `minor` (`"1"`, `"36+"`).
+pub fn parse_server_version(major: &str, minor: &str) -> Option<(u32, u32)> {
+    let digits = |s: &str| -> Option<u32> {
+        let d: String = s.chars().take_while(char::is_ascii_digit).collect();
+        d.parse().ok()
+    };
+    Some((digits(major)?, digits(minor)?))
 }
 
 /// Requests and limits as Kubernetes quantity strings (`"100m"`, `"64Mi"`).
@@ -141,6 +170,37 @@ impl InjectorConfig {
         Self::from_text(&text, &origin)
     }
 
+    /// Whether pods get the legacy-mode proxy. `Auto` counts as native until
+    /// [`resolve_legacy_mode`](Self::resolve_legacy_mode) settles it.
+    pub fn legacy(&self) -> bool {
+        self.legacy_mode == LegacyMode::On
+    }
+
+    /// Settles `legacyMode: auto` against the API server's version
+    /// (`major`, `minor`). Returns the refusal every pod gets when native
+    /// sidecars are forced on a server that has none.
+    pub fn resolve_legacy_mode(&mut self, server: (u32, u32)) -> Option<String> {
+        let native = server >= (1, NATIVE_SIDECAR_MINOR);
+        match self.legacy_mode {
+            LegacyMode::Auto => {
+                self.legacy_mode = if native {
+                    LegacyMode::Off
+                } else {
+                    LegacyMode::On
+                };
+                None
+            }
+            LegacyMode::Off if !native => Some(format!(
+                "meshlite-injector: legacyMode is false (native sidecars), but this API server is \
+                 v{}.{}, which has no native sidecars (they need 1.{NATIVE_SIDECAR_MINOR}); set \
+                 legacyMode to auto or true in ConfigMap meshlite-system/meshlite-config, then \
+                 restart the injector",
+                server.0, server.1
+            )),
+            LegacyMode::On | LegacyMode::Off => None,
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.image.trim().is_empty() {
             return Err("image: must not be empty".into());
@@ -178,6 +238,39 @@ mod mode_serde {
     }
 }
 
+mod legacy_serde {
+    use super::LegacyMode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &LegacyMode, s: S) -> Result<S::Ok, S::Error> {
+        match mode {
+            LegacyMode::Auto => s.serialize_str("auto"),
+            LegacyMode::On => s.serialize_bool(true),
+            LegacyMode::Off => s.serialize_bool(false),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Str(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LegacyMode, D::Error> {
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("legacyMode: must be auto, true or false"))?
+        {
+            Raw::Bool(true) => Ok(LegacyMode::On),
+            Raw::Bool(false) => Ok(LegacyMode::Off),
+            Raw::Str(s) if s == "auto" => Ok(LegacyMode::Auto),
+            Raw::Str(s) => Err(serde::de::Error::custom(format!(
+                "legacyMode {s:?}: must be auto, true or false"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +291,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.image, "example/proxy:1");
-        assert!(cfg.legacy_mode);
+        assert_eq!(cfg.legacy_mode, LegacyMode::On);
         assert_eq!(cfg.default_mode, Mode::Strict);
         assert_eq!(
             cfg.proxy_resources.limits.get("cpu").map(String::as_str),
@@ -206,6 +299,49 @@ mod tests {
         );
         assert!(cfg.proxy_resources.requests.is_empty());
         assert_eq!(cfg.trust_domain, "cluster.local");
+    }
+
+    #[test]
+    fn legacy_mode_auto_follows_the_server_version() {
+        let cfg = InjectorConfig::from_text("legacyMode: auto", "t").unwrap();
+        assert_eq!(cfg.legacy_mode, LegacyMode::Auto);
+        assert_eq!(InjectorConfig::default().legacy_mode, LegacyMode::Auto);
+        let mut new = cfg.clone();
+        assert_eq!(new.resolve_legacy_mode((1, 36)), None);
+        assert!(!new.legacy());
+        let mut old = cfg.clone();
+        assert_eq!(old.resolve_legacy_mode((1, 28)), None);
+        assert!(old.legacy());
+        let mut edge = cfg;
+        edge.resolve_legacy_mode((1, 29));
+        assert!(!edge.legacy());
+    }
+
+    #[test]
+    fn native_sidecars_forced_on_an_old_server_refuse_naming_meshlite_and_the_setting() {
+        let mut cfg = InjectorConfig::from_text("legacyMode: false", "t").unwrap();
+        let refusal = cfg.resolve_legacy_mode((1, 24)).unwrap();
+        assert!(
+            refusal.contains("meshlite")
+                && refusal.contains("legacyMode")
+                && refusal.contains("v1.24"),
+            "{refusal}"
+        );
+        let mut on = InjectorConfig::from_text("legacyMode: true", "t").unwrap();
+        assert_eq!(on.resolve_legacy_mode((1, 24)), None);
+        assert!(on.legacy());
+        assert_eq!(cfg.clone().resolve_legacy_mode((1, 36)), None);
+        let err = InjectorConfig::from_text("legacyMode: sometimes", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("legacyMode"), "{err}");
+    }
+
+    #[test]
+    fn server_versions_parse_with_provider_suffixes() {
+        assert_eq!(parse_server_version("1", "36"), Some((1, 36)));
+        assert_eq!(parse_server_version("1", "29+"), Some((1, 29)));
+        assert_eq!(parse_server_version("", "x"), None);
     }
 
     #[test]

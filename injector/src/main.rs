@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -49,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
 
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => InjectorConfig::load(path)?,
         None => InjectorConfig::default(),
     };
@@ -63,17 +64,67 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("building the Kubernetes client")?;
+    let refusal = resolve_legacy_mode(&client, &mut config).await?;
     let hook = Webhook {
         config: Arc::new(config),
-        namespaces: Arc::new(KubeNamespaces(kube::Api::<Namespace>::all(client))),
+        namespaces: Arc::new(KubeNamespaces(kube::Api::<Namespace>::all(client.clone()))),
         metrics: Arc::new(Metrics::default()),
+        refusal: refusal.map(Into::into),
+        installed: Arc::new(AtomicBool::new(false)),
     };
+    tokio::spawn(meshlite_injector::webhook::watch_installed(
+        client.clone(),
+        hook.installed.clone(),
+        Duration::from_secs(10),
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, "serving the admission webhook");
     meshlite_https::serve(listener, tls, hook.router(), shutdown()).await;
     Ok(())
+}
+
+/// Reads the API server's version (retrying for a minute: the injector cannot
+/// choose the sidecar mode without it) and settles `legacyMode`.
+async fn resolve_legacy_mode(
+    client: &kube::Client,
+    config: &mut InjectorConfig,
+) -> anyhow::Result<Option<String>> {
+    let mut attempt = 0;
+    let info = loop {
+        match client.apiserver_version().await {
+            Ok(info) => break info,
+            Err(e) if attempt < 30 => {
+                tracing::warn!(error = %e, "reading the API server's version; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                return Err(e)
+                    .context("reading the API server's version (/version) to choose legacyMode");
+            }
+        }
+    };
+    let version = meshlite_injector::config::parse_server_version(&info.major, &info.minor)
+        .with_context(|| {
+            format!(
+                "the API server's version {:?}.{:?} is not a number; set legacyMode to true or false",
+                info.major, info.minor
+            )
+        })?;
+    let setting = config.legacy_mode;
+    let refusal = config.resolve_legacy_mode(version);
+    match &refusal {
+        None => tracing::info!(
+            server = %info.git_version,
+            ?setting,
+            sidecar = if config.legacy() { "legacy (regular container)" } else { "native" },
+            "sidecar mode chosen"
+        ),
+        Some(r) => tracing::error!(server = %info.git_version, "{r}"),
+    }
+    Ok(refusal)
 }
 
 async fn shutdown() {

@@ -147,7 +147,7 @@ pub fn mutate(
     // the native sidecar comes right after it so the app's own init containers
     // already have a working proxy.
     let mut front = vec![init];
-    if cfg.legacy_mode {
+    if cfg.legacy() {
         ops.push(add(&["spec", "containers", "0"], &proxy)?);
     } else {
         front.push(proxy);

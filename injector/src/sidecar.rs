@@ -118,7 +118,7 @@ pub fn proxy_container(
         readiness_probe: Some(admin_probe("/ready", 5, 3)),
         ..Default::default()
     };
-    if cfg.legacy_mode {
+    if cfg.legacy() {
         // Before 1.29 there is no startup ordering for sidecars, but the kubelet
         // starts containers in order and waits for each postStart hook: the
         // proxy goes first and its hook returns once it is ready.

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -82,6 +83,14 @@ pub struct Webhook {
     pub config: Arc<InjectorConfig>,
     pub namespaces: Arc<dyn NamespaceLookup>,
     pub metrics: Arc<Metrics>,
+    /// Set when the configuration cannot work on this cluster (see
+    /// [`InjectorConfig::resolve_legacy_mode`]): every pod it would inject is
+    /// refused with this message rather than created broken.
+    pub refusal: Option<Arc<str>>,
+    /// Whether the MutatingWebhookConfiguration that sends pods here exists
+    /// (see [`watch_installed`]). Without it pods in labelled namespaces are
+    /// created unmeshed, so `/readyz` fails and the install shows as not done.
+    pub installed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -128,6 +137,12 @@ impl Webhook {
         };
         if let Some(reason) = skip_reason(&pod) {
             return Answer::Review(AdmissionReviewResponse::allow(uid), reason.label());
+        }
+        if let Some(refusal) = &self.refusal {
+            return Answer::Review(
+                AdmissionReviewResponse::deny(uid, 400, refusal.to_string()),
+                "misconfigured",
+            );
         }
         let Some(namespace) = request
             .namespace
@@ -176,11 +191,13 @@ impl Webhook {
         }
     }
 
-    /// The HTTP routes: `POST /mutate`, `GET /healthz`, `GET /metrics`.
+    /// The HTTP routes: `POST /mutate`, `GET /healthz` (liveness), `GET
+    /// /readyz` (the webhook configuration exists), `GET /metrics`.
     pub fn router(self) -> Router {
         Router::new()
             .route("/mutate", post(mutate_handler))
             .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz_handler))
             .route("/metrics", get(metrics_handler))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self)
@@ -201,6 +218,50 @@ async fn mutate_handler(State(hook): State<Webhook>, body: Bytes) -> Response {
             hook.metrics.review("unreadable");
             (StatusCode::BAD_REQUEST, msg).into_response()
         }
+    }
+}
+
+async fn readyz_handler(State(hook): State<Webhook>) -> Response {
+    if hook.installed.load(Ordering::Relaxed) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, NOT_INSTALLED).into_response()
+    }
+}
+
+/// Why the injector is not ready while its webhook configuration is missing.
+pub const NOT_INSTALLED: &str = concat!(
+    "MutatingWebhookConfiguration meshlite-injector does not exist, so pods in labelled ",
+    "namespaces are created without the proxy: the install is incomplete; re-run ",
+    "`kubectl apply -k deploy/` and read its errors"
+);
+
+/// Keeps `installed` current: every `every`, whether the webhook
+/// configuration exists. A failed read keeps the last answer (false at start).
+pub async fn watch_installed(
+    client: kube::Client,
+    installed: Arc<AtomicBool>,
+    every: std::time::Duration,
+) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let api = kube::Api::<MutatingWebhookConfiguration>::all(client);
+    loop {
+        match api.get_opt(meshlite_contract::WEBHOOK_CONFIGURATION).await {
+            Ok(found) => {
+                let now = found.is_some();
+                if installed.swap(now, Ordering::Relaxed) != now || !now {
+                    if now {
+                        tracing::info!("webhook configuration present; ready");
+                    } else {
+                        tracing::error!("{NOT_INSTALLED}");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the webhook configuration; keeping the last answer")
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -153,3 +153,25 @@ async fn pod_without_namespace_anywhere_is_denied() {
     let (_, code, _) = denial(answer(&serde_json::to_vec(&review).unwrap()).await);
     assert_eq!(code, 400);
 }
+
+#[tokio::test]
+async fn native_sidecars_forced_on_an_old_server_refuse_pods_naming_meshlite_but_pass_opt_outs() {
+    let mut cfg = InjectorConfig::from_text("legacyMode: false", "t").unwrap();
+    let refusal = cfg
+        .resolve_legacy_mode((1, 24))
+        .expect("1.24 has no native sidecars");
+    let mut hook = webhook(cfg);
+    hook.refusal = Some(refusal.into());
+    let review = fixture("deployment_pod.json");
+    let (_, code, msg) = denial(hook.answer(&serde_json::to_vec(&review).unwrap()).await);
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains("meshlite") && msg.contains("legacyMode") && msg.contains("meshlite-config"),
+        "{msg}"
+    );
+    let opted_out = fixture("opted_out_pod.json");
+    assert!(matches!(
+        hook.answer(&serde_json::to_vec(&opted_out).unwrap()).await,
+        Answer::Review(r, _) if r.response.allowed
+    ));
+}

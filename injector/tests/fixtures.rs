@@ -233,7 +233,7 @@ async fn named_pod_in_strict_namespace_gets_strict_mode_and_skip_lists() {
 #[tokio::test]
 async fn legacy_mode_adds_the_proxy_first_among_containers_with_a_poststart_wait() {
     let config = InjectorConfig {
-        legacy_mode: true,
+        legacy_mode: meshlite_injector::config::LegacyMode::On,
         ..InjectorConfig::default()
     };
     let (_, pod) = inject_as("job_pod.json", "job_pod.legacy.patch.json", config).await;

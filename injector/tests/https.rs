@@ -36,6 +36,10 @@ fn write_cert(dir: &std::path::Path) -> CertificateDer<'static> {
 }
 
 async fn start() -> Server {
+    start_with(webhook(InjectorConfig::default())).await
+}
+
+async fn start_with(hook: meshlite_injector::Webhook) -> Server {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let der = write_cert(dir.path());
@@ -45,7 +49,7 @@ async fn start() -> Server {
     let tls = cert.server_config().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = webhook(InjectorConfig::default()).router();
+    let router = hook.router();
     tokio::spawn(meshlite_https::serve(
         listener,
         tls,
@@ -168,4 +172,31 @@ async fn a_rotated_certificate_is_served_after_reload() {
     )
     .await;
     assert_eq!(ok.unwrap().unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn readyz_fails_naming_the_missing_webhook_configuration_until_it_exists() {
+    use std::sync::atomic::Ordering;
+    let hook = webhook(InjectorConfig::default());
+    hook.installed.store(false, Ordering::Relaxed);
+    let installed = hook.installed.clone();
+    let server = start_with(hook).await;
+    let (code, body) = request(&server, "GET", "/readyz", vec![]).await.unwrap();
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("MutatingWebhookConfiguration meshlite-injector")
+            && body.contains("kubectl apply"),
+        "{body}"
+    );
+    // Liveness does not depend on it.
+    assert_eq!(
+        request(&server, "GET", "/healthz", vec![]).await.unwrap().0,
+        200
+    );
+    installed.store(true, Ordering::Relaxed);
+    assert_eq!(
+        request(&server, "GET", "/readyz", vec![]).await.unwrap().0,
+        200
+    );
 }

@@ -276,7 +276,7 @@ fn legacy_mode_rewrites_probes_at_their_original_index_before_inserting_the_prox
         ..Default::default()
     });
     let cfg = InjectorConfig {
-        legacy_mode: true,
+        legacy_mode: meshlite_injector::config::LegacyMode::On,
         ..InjectorConfig::default()
     };
     let out = injected(&p, &ns(&[]), &cfg);

@@ -331,16 +331,16 @@ fn injector_runs_with_its_real_flags_config_and_serving_secret() {
     let c = only_container(&d);
     assert_eq!(c.command, Some(vec!["meshlite-injector".to_string()]));
     assert_eq!(container_ports(c), vec![i32::from(contract::INJECTOR_PORT)]);
-    for probe in [&c.liveness_probe, &c.readiness_probe] {
-        assert_https_get(probe, contract::INJECTOR_PORT, "/healthz");
-    }
-    // A terminating replica keeps answering until its endpoint is gone.
+    assert_https_get(&c.liveness_probe, contract::INJECTOR_PORT, "/healthz");
+    // Ready only while its webhook configuration exists (a half install).
+    assert_https_get(&c.readiness_probe, contract::INJECTOR_PORT, "/readyz");
+    // A terminating replica keeps answering until its endpoint is gone: the
+    // kubelet's sleep action, as the image has no `sleep` to exec.
+    let pre_stop = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
     assert!(
-        c.lifecycle
-            .as_ref()
-            .and_then(|l| l.pre_stop.as_ref())
-            .is_some_and(|h| h.exec.is_some()),
-        "the injector has a preStop delay"
+        pre_stop
+            .is_some_and(|h| h.sleep.as_ref().is_some_and(|s| s.seconds > 0) && h.exec.is_none()),
+        "the injector has a preStop sleep action: {pre_stop:?}"
     );
 
     let flags = flags(c);
@@ -380,7 +380,11 @@ fn injector_runs_with_its_real_flags_config_and_serving_secret() {
         .expect("the config file is a ConfigMap item");
     assert_eq!(item.key, "injector.yaml");
     let cfg = injector_config(&docs);
-    assert!(!cfg.legacy_mode, "native sidecars by default (1.29+)");
+    assert_eq!(
+        cfg.legacy_mode,
+        meshlite_injector::config::LegacyMode::Auto,
+        "the sidecar mode follows the server by default"
+    );
 }
 
 #[test]

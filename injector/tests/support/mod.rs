@@ -63,6 +63,8 @@ pub fn webhook(config: InjectorConfig) -> Webhook {
         config: Arc::new(config),
         namespaces: Arc::new(namespaces()),
         metrics: Arc::new(Metrics::default()),
+        refusal: None,
+        installed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
     }
 }
 

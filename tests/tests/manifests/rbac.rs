@@ -30,14 +30,24 @@ struct Call {
     names: &'static [&'static str],
 }
 
-/// The injector reads the namespace of the pod under review.
-const INJECTOR_CALLS: &[Call] = &[Call {
-    scope: Scope::Cluster,
-    group: "",
-    resource: "namespaces",
-    verbs: &["get"],
-    names: &[],
-}];
+/// The injector reads the namespace of the pod under review, and checks that
+/// its webhook configuration exists (its readiness).
+const INJECTOR_CALLS: &[Call] = &[
+    Call {
+        scope: Scope::Cluster,
+        group: "",
+        resource: "namespaces",
+        verbs: &["get"],
+        names: &[],
+    },
+    Call {
+        scope: Scope::Cluster,
+        group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["get"],
+        names: &["meshlite-injector"],
+    },
+];
 
 /// certd (DESIGN.md, "Certificates"; certd/src/kube/).
 const CERTD_CALLS: &[Call] = &[
