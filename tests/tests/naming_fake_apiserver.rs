@@ -1,0 +1,223 @@
+//! Secure naming against the fake API server: certd's reflectors list and
+//! watch Pods, Services and EndpointSlices through a real `kube::Client`, and
+//! `POST /v1/naming` answers from them. Objects are written the way the
+//! cluster writes them: created, then their status set through `/status`.
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, PostParams};
+use meshlite_certd::client::{Target, request_naming};
+use meshlite_contract::naming::{Meshed, NamingResponse};
+use meshlite_contract::{INIT_CONTAINER, PROXY_CONTAINER, SpiffeId, TOKEN_AUDIENCE, TrustDomain};
+use meshlite_tests::fake_apiserver::FakeApiServer;
+use meshlite_tests::fake_apiserver::certd::{start_cluster_certd, target};
+use serde_json::json;
+
+const TOKEN: &str = "client-token";
+
+async fn create_pod(
+    fake: &FakeApiServer,
+    ns: &str,
+    name: &str,
+    sa: &str,
+    ip: &str,
+    injected: bool,
+) {
+    let api: Api<Pod> = Api::namespaced(fake.client(), ns);
+    let mut init = vec![];
+    if injected {
+        init.push(json!({ "name": INIT_CONTAINER, "image": "meshlite:dev" }));
+        init.push(
+            json!({ "name": PROXY_CONTAINER, "image": "meshlite:dev", "restartPolicy": "Always" }),
+        );
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": { "serviceAccountName": sa, "initContainers": init,
+                  "containers": [{ "name": "app", "image": "testapp" }] },
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &pod).await.unwrap();
+    // The kubelet reports the IP once the sandbox is up.
+    let mut with_status = created;
+    with_status.status = Some(
+        serde_json::from_value(
+            json!({ "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] }),
+        )
+        .unwrap(),
+    );
+    api.replace_status(name, &PostParams::default(), &with_status)
+        .await
+        .unwrap();
+}
+
+async fn create_service(fake: &FakeApiServer, ns: &str, name: &str, ip: &str, backends: &[&str]) {
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name },
+        "spec": { "clusterIP": ip, "clusterIPs": [ip],
+                  "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080 }] },
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(fake.client(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let endpoints: Vec<_> = backends
+        .iter()
+        .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true } }))
+        .collect();
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": format!("{name}-x1"),
+                      "labels": { "kubernetes.io/service-name": name } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+        "endpoints": endpoints,
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(fake.client(), ns)
+        .create(&PostParams::default(), &slice)
+        .await
+        .unwrap();
+}
+
+fn id(ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::new(TrustDomain::default(), ns, sa).unwrap()
+}
+
+async fn ask(t: &Target, addr: &str) -> NamingResponse {
+    request_naming(t, TOKEN, addr.parse::<SocketAddr>().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Asks until `want` holds (the watch delivers changes asynchronously).
+async fn eventually(
+    t: &Target,
+    addr: &str,
+    want: impl Fn(&NamingResponse) -> bool,
+) -> NamingResponse {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = ask(t, addr).await;
+        if want(&a) {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr}: the answer never changed; last {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn setup() -> (FakeApiServer, meshlite_certd::app::Running, Target) {
+    meshlite_proxy::tls::install_provider();
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.add_service_account_token(TOKEN, "shop", "client", TOKEN_AUDIENCE);
+    let certd = start_cluster_certd(&fake, &[]).await.unwrap();
+    let t = target(&certd);
+    (fake, certd, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ips_and_pod_ips_answer_the_identities_behind_them() {
+    let (fake, certd, t) = setup().await;
+    create_pod(&fake, "shop", "web-a", "web", "10.1.0.10", true).await;
+    create_pod(&fake, "shop", "web-b", "web-canary", "10.1.0.11", true).await;
+    create_pod(&fake, "shop", "legacy", "legacy", "10.1.0.12", false).await;
+    create_service(
+        &fake,
+        "shop",
+        "web",
+        "10.96.0.20",
+        &["10.1.0.10", "10.1.0.11"],
+    )
+    .await;
+    create_service(
+        &fake,
+        "shop",
+        "mixed",
+        "10.96.0.21",
+        &["10.1.0.10", "10.1.0.12"],
+    )
+    .await;
+
+    let a = eventually(&t, "10.96.0.20:80", |a| a.meshed == Meshed::Meshed).await;
+    assert_eq!(
+        a.identities,
+        vec![id("shop", "web"), id("shop", "web-canary")]
+    );
+    assert!(a.ttl_seconds > 0 && a.ttl_seconds <= 30, "{a:?}");
+    let a = eventually(&t, "10.96.0.21:80", |a| a.meshed == Meshed::Mixed).await;
+    assert_eq!(a.identities, vec![id("shop", "web")]);
+    let a = ask(&t, "10.1.0.11:8080").await;
+    assert_eq!(
+        (a.meshed, a.identities),
+        (Meshed::Meshed, vec![id("shop", "web-canary")])
+    );
+    assert_eq!(ask(&t, "10.1.0.12:8080").await.meshed, Meshed::Unmeshed);
+    assert_eq!(ask(&t, "192.0.2.7:443").await.meshed, Meshed::Unknown);
+
+    // Counted by outcome.
+    assert!(certd.metrics.naming_requests("meshed") >= 2);
+    assert_eq!(certd.metrics.naming_requests("unmeshed"), 1);
+    // certd only listed and watched the three resources.
+    for r in fake.requests() {
+        if ["pods", "services", "endpointslices"].contains(&r.resource.as_str())
+            && r.subresource.is_none()
+        {
+            assert!(
+                ["list", "watch", "create"].contains(&r.verb.as_str()),
+                "unexpected {r:?}"
+            );
+        }
+    }
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.resource == "endpointslices"
+                && r.group == "discovery.k8s.io"
+                && r.verb == "watch")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_ip_reused_by_another_service_account_answers_only_the_new_identity() {
+    let (fake, _certd, t) = setup().await;
+    create_pod(&fake, "shop", "cart-0", "cart", "10.1.0.9", true).await;
+    let a = eventually(&t, "10.1.0.9:8080", |a| a.meshed == Meshed::Meshed).await;
+    assert_eq!(a.identities, vec![id("shop", "cart")]);
+
+    Api::<Pod>::namespaced(fake.client(), "shop")
+        .delete("cart-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let a = eventually(&t, "10.1.0.9:8080", |a| a.meshed == Meshed::Unknown).await;
+    assert!(a.identities.is_empty());
+
+    create_pod(&fake, "billing", "pay-0", "payments", "10.1.0.9", true).await;
+    let a = eventually(&t, "10.1.0.9:8080", |a| a.meshed == Meshed::Meshed).await;
+    assert_eq!(
+        a.identities,
+        vec![id("billing", "payments")],
+        "only the new identity"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naming_needs_a_valid_token() {
+    let (_fake, certd, t) = setup().await;
+    let err = request_naming(&t, "not-a-token", "10.1.0.9:80".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.refusal().map(|(s, _)| s), Some(401), "{err}");
+    assert_eq!(certd.metrics.naming_requests("meshed"), 0);
+}
