@@ -8,85 +8,15 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams};
 use meshlite_certd::client::{Target, request_naming};
 use meshlite_contract::naming::{Meshed, NamingResponse};
-use meshlite_contract::{INIT_CONTAINER, PROXY_CONTAINER, SpiffeId, TOKEN_AUDIENCE, TrustDomain};
-use meshlite_tests::fake_apiserver::FakeApiServer;
+use meshlite_contract::{SpiffeId, TOKEN_AUDIENCE, TrustDomain};
 use meshlite_tests::fake_apiserver::certd::{start_cluster_certd, target};
-use serde_json::json;
+use meshlite_tests::fake_apiserver::{FakeApiServer, workloads};
 
 const TOKEN: &str = "client-token";
-
-async fn create_pod(
-    fake: &FakeApiServer,
-    ns: &str,
-    name: &str,
-    sa: &str,
-    ip: &str,
-    injected: bool,
-) {
-    let api: Api<Pod> = Api::namespaced(fake.client(), ns);
-    let mut init = vec![];
-    if injected {
-        init.push(json!({ "name": INIT_CONTAINER, "image": "meshlite:dev" }));
-        init.push(
-            json!({ "name": PROXY_CONTAINER, "image": "meshlite:dev", "restartPolicy": "Always" }),
-        );
-    }
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name },
-        "spec": { "serviceAccountName": sa, "initContainers": init,
-                  "containers": [{ "name": "app", "image": "testapp" }] },
-    }))
-    .unwrap();
-    let created = api.create(&PostParams::default(), &pod).await.unwrap();
-    // The kubelet reports the IP once the sandbox is up.
-    let mut with_status = created;
-    with_status.status = Some(
-        serde_json::from_value(
-            json!({ "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] }),
-        )
-        .unwrap(),
-    );
-    api.replace_status(name, &PostParams::default(), &with_status)
-        .await
-        .unwrap();
-}
-
-async fn create_service(fake: &FakeApiServer, ns: &str, name: &str, ip: &str, backends: &[&str]) {
-    let svc: Service = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name },
-        "spec": { "clusterIP": ip, "clusterIPs": [ip],
-                  "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080 }] },
-    }))
-    .unwrap();
-    Api::<Service>::namespaced(fake.client(), ns)
-        .create(&PostParams::default(), &svc)
-        .await
-        .unwrap();
-    let endpoints: Vec<_> = backends
-        .iter()
-        .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true } }))
-        .collect();
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": { "name": format!("{name}-x1"),
-                      "labels": { "kubernetes.io/service-name": name } },
-        "addressType": "IPv4",
-        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
-        "endpoints": endpoints,
-    }))
-    .unwrap();
-    Api::<EndpointSlice>::namespaced(fake.client(), ns)
-        .create(&PostParams::default(), &slice)
-        .await
-        .unwrap();
-}
 
 fn id(ns: &str, sa: &str) -> SpiffeId {
     SpiffeId::new(TrustDomain::default(), ns, sa).unwrap()
@@ -130,25 +60,33 @@ async fn setup() -> (FakeApiServer, meshlite_certd::app::Running, Target) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_ips_and_pod_ips_answer_the_identities_behind_them() {
     let (fake, certd, t) = setup().await;
-    create_pod(&fake, "shop", "web-a", "web", "10.1.0.10", true).await;
-    create_pod(&fake, "shop", "web-b", "web-canary", "10.1.0.11", true).await;
-    create_pod(&fake, "shop", "legacy", "legacy", "10.1.0.12", false).await;
-    create_service(
+    workloads::create_pod(&fake, "shop", "web-a", "web", "10.1.0.10", true)
+        .await
+        .unwrap();
+    workloads::create_pod(&fake, "shop", "web-b", "web-canary", "10.1.0.11", true)
+        .await
+        .unwrap();
+    workloads::create_pod(&fake, "shop", "legacy", "legacy", "10.1.0.12", false)
+        .await
+        .unwrap();
+    workloads::create_service(
         &fake,
         "shop",
         "web",
         "10.96.0.20",
         &["10.1.0.10", "10.1.0.11"],
     )
-    .await;
-    create_service(
+    .await
+    .unwrap();
+    workloads::create_service(
         &fake,
         "shop",
         "mixed",
         "10.96.0.21",
         &["10.1.0.10", "10.1.0.12"],
     )
-    .await;
+    .await
+    .unwrap();
 
     let a = eventually(&t, "10.96.0.20:80", |a| a.meshed == Meshed::Meshed).await;
     assert_eq!(
@@ -192,7 +130,9 @@ async fn cluster_ips_and_pod_ips_answer_the_identities_behind_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_ip_reused_by_another_service_account_answers_only_the_new_identity() {
     let (fake, _certd, t) = setup().await;
-    create_pod(&fake, "shop", "cart-0", "cart", "10.1.0.9", true).await;
+    workloads::create_pod(&fake, "shop", "cart-0", "cart", "10.1.0.9", true)
+        .await
+        .unwrap();
     let a = eventually(&t, "10.1.0.9:8080", |a| a.meshed == Meshed::Meshed).await;
     assert_eq!(a.identities, vec![id("shop", "cart")]);
 
@@ -203,7 +143,9 @@ async fn a_pod_ip_reused_by_another_service_account_answers_only_the_new_identit
     let a = eventually(&t, "10.1.0.9:8080", |a| a.meshed == Meshed::Unknown).await;
     assert!(a.identities.is_empty());
 
-    create_pod(&fake, "billing", "pay-0", "payments", "10.1.0.9", true).await;
+    workloads::create_pod(&fake, "billing", "pay-0", "payments", "10.1.0.9", true)
+        .await
+        .unwrap();
     let a = eventually(&t, "10.1.0.9:8080", |a| a.meshed == Meshed::Meshed).await;
     assert_eq!(
         a.identities,
