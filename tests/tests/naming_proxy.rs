@@ -323,3 +323,100 @@ async fn a_reused_pod_ip_requires_the_new_identity_and_refuses_the_old() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_service_is_detected_in_permissive_mode_but_a_tls_answer_must_be_named() {
+    let m = mesh(&["client", "server"]).await;
+    // Service "mixed" at 127.0.0.4:80: one meshed backend (ns/shop/sa/web),
+    // one unmeshed. What answers at the ClusterIP stands in for the backend
+    // kube-proxy picked: here the unmeshed one, a plaintext echo.
+    workloads::create_pod(&m.fake, "shop", "web-a", "web", "127.0.0.5", true)
+        .await
+        .unwrap();
+    workloads::create_pod(&m.fake, "shop", "legacy", "legacy", "127.0.0.6", false)
+        .await
+        .unwrap();
+    workloads::create_service(
+        &m.fake,
+        "shop",
+        "mixed",
+        "127.0.0.4",
+        &["127.0.0.5", "127.0.0.6"],
+    )
+    .await
+    .unwrap();
+    let echo = tokio::net::TcpListener::bind("127.0.0.4:80").await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let cluster_ip: SocketAddr = "127.0.0.4:80".parse().unwrap();
+    m.answers(cluster_ip, Meshed::Mixed, "client").await;
+
+    let cfg = Config::explicit(TrustDomain::default(), Some(cluster_ip), None);
+    let (metrics, out, _) = m.proxy(cfg, "client", true).await;
+    assert_eq!(round_trip(out[0], b"mixed").await, b"mixed");
+    let text = metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "meshlite_plaintext_connections_total",
+            "reason=\"not_meshed\""
+        ),
+        1.0,
+        "permissive mode detects (and is downgradable: SECURITY.md)\n{text}"
+    );
+    let mut cfg = Config::explicit(TrustDomain::default(), Some(cluster_ip), None);
+    cfg.outbound.as_mut().unwrap().mode = OutboundMode::Strict;
+    let (metrics, out, _) = m.proxy(cfg, "client", true).await;
+    assert!(round_trip(out[0], b"mixed").await.is_empty());
+    let text = metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "meshlite_refused_connections_total",
+            "reason=\"strict_mode_handshake_failed\""
+        ),
+        1.0,
+        "{text}"
+    );
+
+    // The same Service shape, but what answers is a mesh peer that is not one
+    // of the named identities: refused even in permissive mode.
+    workloads::create_service(
+        &m.fake,
+        "shop",
+        "mixed2",
+        "127.0.0.7",
+        &["127.0.0.5", "127.0.0.6"],
+    )
+    .await
+    .unwrap();
+    let mut cfg = Config::explicit(TrustDomain::default(), None, Some(echo_server().await));
+    cfg.inbound.as_mut().unwrap().listen = vec!["127.0.0.7:80".parse().unwrap()];
+    let _impostor = m.proxy(cfg, "server", false).await;
+    let cluster_ip: SocketAddr = "127.0.0.7:80".parse().unwrap();
+    m.answers(cluster_ip, Meshed::Mixed, "client").await;
+    let cfg = Config::explicit(TrustDomain::default(), Some(cluster_ip), None);
+    let (metrics, out, _) = m.proxy(cfg, "client", true).await;
+    assert!(round_trip(out[0], b"to the impostor").await.is_empty());
+    let text = metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "meshlite_refused_connections_total",
+            "reason=\"identity_mismatch\""
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "meshlite_plaintext_connections_total", ""),
+        0.0,
+        "{text}"
+    );
+}
