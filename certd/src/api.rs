@@ -140,7 +140,10 @@ async fn handle_naming(
         })??,
         None => review.await?,
     };
-    Ok((request, s.naming.answer(request.addr)))
+    let answer = s.naming.answer(request.addr).ok_or_else(|| {
+        ApiError::Unavailable("secure naming has not listed the cluster yet".into())
+    })?;
+    Ok((request, answer))
 }
 
 /// A JSON ErrorBody for answers that are not certificate refusals.

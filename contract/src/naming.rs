@@ -40,7 +40,7 @@ pub enum Meshed {
     /// A Service with both meshed and unmeshed ready backends. A meshed answer
     /// must still be one of the identities; see SECURITY.md for the risk.
     Mixed,
-    /// certd does not know the address (outside the cluster, not yet synced,
+    /// certd does not know the address (outside the cluster, no ready backend,
     /// or certd runs without a cluster).
     Unknown,
 }

@@ -163,3 +163,24 @@ async fn naming_needs_a_valid_token() {
     assert_eq!(err.refusal().map(|(s, _)| s), Some(401), "{err}");
     assert_eq!(certd.metrics.naming_requests("meshed"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naming_is_unavailable_until_the_pods_are_listed_never_unknown() {
+    meshlite_proxy::tls::install_provider();
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.add_service_account_token(TOKEN, "shop", "client", TOKEN_AUDIENCE);
+    // Every pod list fails, so certd's pod reflector never finishes its first list.
+    fake.inject_conflicts("list", "pods", None, usize::MAX);
+    let certd = start_cluster_certd(&fake, &[]).await.unwrap();
+    let t = target(&certd);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = request_naming(&t, TOKEN, "10.1.0.9:8080".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.refusal().map(|(s, b)| (s, b.error.as_str())),
+        Some((503, "unavailable")),
+        "{err}"
+    );
+    assert_eq!(certd.metrics.naming_requests("unknown"), 0);
+}

@@ -5,7 +5,9 @@
 //! EndpointSlices, each a list and then a watch) keep snapshots current, and an
 //! [`index::Index`] built from them answers. The index is rebuilt lazily, on
 //! the first question after a change, so a burst of events costs one rebuild.
-//! Until all three reflectors have listed once, every answer is `unknown`.
+//! Until all three reflectors have listed once, certd refuses naming requests
+//! with 503: a restarted certd must not answer `unknown` for an address that
+//! proxies hold as meshed, which would let them fall back to detection.
 //!
 //! Without a cluster (embedded mode) [`NoNaming`] answers `unknown`: the proxy
 //! then keeps its own pins (`--outbound-expect-identity`) or detection.
@@ -30,7 +32,10 @@ use index::Index;
 
 /// Answers naming questions.
 pub trait NamingSource: Send + Sync + std::fmt::Debug {
-    fn answer(&self, addr: SocketAddr) -> NamingResponse;
+    /// The answer for `addr`, or `None` while the source is not ready to
+    /// answer (certd then refuses with 503, so proxies keep what they hold
+    /// instead of taking "unknown" for an address they know to be meshed).
+    fn answer(&self, addr: SocketAddr) -> Option<NamingResponse>;
 }
 
 /// Embedded mode: no cluster, so nothing is known.
@@ -38,8 +43,8 @@ pub trait NamingSource: Send + Sync + std::fmt::Debug {
 pub struct NoNaming;
 
 impl NamingSource for NoNaming {
-    fn answer(&self, _addr: SocketAddr) -> NamingResponse {
-        NamingResponse::unknown(0)
+    fn answer(&self, _addr: SocketAddr) -> Option<NamingResponse> {
+        Some(NamingResponse::unknown(0))
     }
 }
 
@@ -193,10 +198,7 @@ impl ClusterNaming {
 }
 
 impl NamingSource for ClusterNaming {
-    fn answer(&self, addr: SocketAddr) -> NamingResponse {
-        if !self.sync.synced() {
-            return NamingResponse::unknown(0);
-        }
-        self.index().answer(addr)
+    fn answer(&self, addr: SocketAddr) -> Option<NamingResponse> {
+        self.sync.synced().then(|| self.index().answer(addr))
     }
 }
