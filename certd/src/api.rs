@@ -27,7 +27,7 @@ use crate::ApiError;
 use crate::csr;
 use crate::metrics::Metrics;
 use crate::naming::NamingSource;
-use crate::review::TokenReviewer;
+use crate::review::{ReviewCache, TokenReviewer};
 use crate::signer::{SignRequest, SigningBackend};
 
 /// Largest request body read; a CSR request is about 1 KiB.
@@ -40,6 +40,8 @@ pub struct AppState {
     pub signer: Arc<dyn SigningBackend>,
     /// Who may answer at an address (secure naming).
     pub naming: Arc<dyn NamingSource>,
+    /// Tokens recently reviewed for naming requests.
+    pub naming_reviews: ReviewCache,
     pub metrics: Arc<Metrics>,
     pub trust_domain: TrustDomain,
     /// False until the CA is loaded; `/readyz` reports it.
@@ -121,7 +123,8 @@ async fn naming(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
 }
 
 /// Only a workload with a valid token (the projected token of an injected
-/// pod, audience meshlite-certd) may ask: the answers describe the mesh.
+/// pod, audience meshlite-certd) may ask: the answers describe the mesh. A
+/// token reviewed in the last minute is not reviewed again ([`ReviewCache`]).
 async fn handle_naming(
     s: &AppState,
     headers: &HeaderMap,
@@ -131,15 +134,18 @@ async fn handle_naming(
     let bytes = read_body(headers, body).await?;
     let request: NamingRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
-    let review = s.reviewer.review(token);
-    match s.deadline {
-        Some(limit) => tokio::time::timeout(limit, review).await.map_err(|_| {
-            ApiError::Unavailable(format!(
-                "no answer from the Kubernetes API within {limit:?}"
-            ))
-        })??,
-        None => review.await?,
-    };
+    if !s.naming_reviews.fresh(token, std::time::Instant::now()) {
+        let review = s.reviewer.review(token);
+        match s.deadline {
+            Some(limit) => tokio::time::timeout(limit, review).await.map_err(|_| {
+                ApiError::Unavailable(format!(
+                    "no answer from the Kubernetes API within {limit:?}"
+                ))
+            })??,
+            None => review.await?,
+        };
+        s.naming_reviews.remember(token, std::time::Instant::now());
+    }
     let answer = s.naming.answer(request.addr).ok_or_else(|| {
         ApiError::Unavailable("secure naming has not listed the cluster yet".into())
     })?;

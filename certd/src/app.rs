@@ -127,6 +127,7 @@ pub async fn start_cluster(
         ClusterNaming::start(client.clone(), settings.trust_domain.clone());
     let state = Arc::new(AppState {
         naming,
+        naming_reviews: Default::default(),
         reviewer: Arc::new(KubeTokenReviewer::new(
             client.clone(),
             cluster.audience.clone(),
@@ -265,6 +266,7 @@ pub fn start_embedded_with(
     let state = Arc::new(AppState {
         reviewer: Arc::new(tokens),
         naming: Arc::new(NoNaming),
+        naming_reviews: Default::default(),
         signer: Arc::new(EmbeddedSigner::new(shared.clone(), settings.lifetime)),
         metrics: metrics.clone(),
         trust_domain: settings.trust_domain.clone(),

@@ -104,6 +104,16 @@ async fn cluster_ips_and_pod_ips_answer_the_identities_behind_them() {
     assert_eq!(ask(&t, "10.1.0.12:8080").await.meshed, Meshed::Unmeshed);
     assert_eq!(ask(&t, "192.0.2.7:443").await.meshed, Meshed::Unknown);
 
+    // One TokenReview for the caller's token, however often it asks.
+    let reviews = fake
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "tokenreviews")
+        .count();
+    assert_eq!(
+        reviews, 1,
+        "naming reuses a recent review of the same token"
+    );
     // Counted by outcome.
     assert!(certd.metrics.naming_requests("meshed") >= 2);
     assert_eq!(certd.metrics.naming_requests("unmeshed"), 1);
