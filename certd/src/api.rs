@@ -1,4 +1,5 @@
-//! The HTTP API: `POST /v1/certificates`, `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP API: `POST /v1/certificates`, `POST /v1/naming`, `/healthz`,
+//! `/readyz`, `/metrics`.
 //!
 //! One handler for both modes. It reads the request, asks the
 //! [`TokenReviewer`] who is calling, validates the CSR against that identity,
@@ -16,15 +17,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use meshlite_contract::CERTIFICATES_PATH;
 use meshlite_contract::api::{CertificateRequest, CertificateResponse};
 use meshlite_contract::identity::TrustDomain;
+use meshlite_contract::naming::{NamingRequest, NamingResponse};
+use meshlite_contract::{CERTIFICATES_PATH, NAMING_PATH};
 use time::format_description::well_known::Rfc3339;
 
 use crate::ApiError;
 use crate::csr;
 use crate::metrics::Metrics;
-use crate::review::TokenReviewer;
+use crate::naming::NamingSource;
+use crate::review::{ReviewCache, TokenReviewer};
 use crate::signer::{SignRequest, SigningBackend};
 
 /// Largest request body read; a CSR request is about 1 KiB.
@@ -35,6 +38,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub reviewer: Arc<dyn TokenReviewer>,
     pub signer: Arc<dyn SigningBackend>,
+    /// Who may answer at an address (secure naming).
+    pub naming: Arc<dyn NamingSource>,
+    /// Tokens recently reviewed for naming requests.
+    pub naming_reviews: ReviewCache,
     pub metrics: Arc<Metrics>,
     pub trust_domain: TrustDomain,
     /// False until the CA is loaded; `/readyz` reports it.
@@ -48,6 +55,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(CERTIFICATES_PATH, post(issue))
+        .route(NAMING_PATH, post(naming))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -56,7 +64,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             plain_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "use POST for /v1/certificates and GET for the others",
+                "use POST for /v1/certificates and /v1/naming, and GET for the others",
             )
         })
         .with_state(state)
@@ -97,6 +105,51 @@ async fn issue(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
             error_response(&e)
         }
     }
+}
+
+async fn naming(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    match handle_naming(&s, &headers, body).await {
+        Ok((req, answer)) => {
+            s.metrics.naming(answer.meshed.as_str());
+            tracing::debug!(addr = %req.addr, meshed = answer.meshed.as_str(), identities = answer.identities.len(), "naming answered");
+            (StatusCode::OK, axum::Json(answer)).into_response()
+        }
+        Err(e) => {
+            s.metrics.naming(e.label());
+            tracing::warn!(reason = e.label(), error = %e, "naming request refused");
+            error_response(&e)
+        }
+    }
+}
+
+/// Only a workload with a valid token (the projected token of an injected
+/// pod, audience meshlite-certd) may ask: the answers describe the mesh. A
+/// token reviewed in the last minute is not reviewed again ([`ReviewCache`]).
+async fn handle_naming(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(NamingRequest, NamingResponse), ApiError> {
+    let token = bearer(headers)?;
+    let bytes = read_body(headers, body).await?;
+    let request: NamingRequest =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
+    if !s.naming_reviews.fresh(token, std::time::Instant::now()) {
+        let review = s.reviewer.review(token);
+        match s.deadline {
+            Some(limit) => tokio::time::timeout(limit, review).await.map_err(|_| {
+                ApiError::Unavailable(format!(
+                    "no answer from the Kubernetes API within {limit:?}"
+                ))
+            })??,
+            None => review.await?,
+        };
+        s.naming_reviews.remember(token, std::time::Instant::now());
+    }
+    let answer = s.naming.answer(request.addr).ok_or_else(|| {
+        ApiError::Unavailable("secure naming has not listed the cluster yet".into())
+    })?;
+    Ok((request, answer))
 }
 
 /// A JSON ErrorBody for answers that are not certificate refusals.

@@ -20,6 +20,7 @@ use crate::kube::trust::TrustDistributor;
 use crate::kube::webhook_cert::WebhookCert;
 use crate::kube::{KubeSigner, KubeTokenReviewer};
 use crate::metrics::Metrics;
+use crate::naming::{ClusterNaming, NoNaming};
 use crate::review::{StaticTokens, TokenFileError};
 use crate::server::{ServerError, ServingCert, tls_config};
 use crate::signer::{EmbeddedSigner, SharedCa};
@@ -62,6 +63,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Tasks that run until the server stops (the naming watches).
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -75,6 +78,9 @@ impl Running {
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
+        for t in self.background.drain(..) {
+            t.abort();
+        }
     }
 
     pub fn stop(&mut self) {
@@ -87,7 +93,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop();
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.background) {
             t.abort();
         }
     }
@@ -117,7 +123,11 @@ pub async fn start_cluster(
         None => Signing::BuiltIn(shared.clone()),
         Some(wait) => Signing::External { wait },
     };
+    let (naming, naming_tasks) =
+        ClusterNaming::start(client.clone(), settings.trust_domain.clone());
     let state = Arc::new(AppState {
+        naming,
+        naming_reviews: Default::default(),
         reviewer: Arc::new(KubeTokenReviewer::new(
             client.clone(),
             cluster.audience.clone(),
@@ -173,6 +183,7 @@ pub async fn start_cluster(
         metrics,
         shutdown: Some(tx),
         tasks: vec![server, trust],
+        background: naming_tasks,
     })
 }
 
@@ -254,6 +265,8 @@ pub fn start_embedded_with(
     metrics.set_ca_not_after(shared.get().not_after().unix_timestamp());
     let state = Arc::new(AppState {
         reviewer: Arc::new(tokens),
+        naming: Arc::new(NoNaming),
+        naming_reviews: Default::default(),
         signer: Arc::new(EmbeddedSigner::new(shared.clone(), settings.lifetime)),
         metrics: metrics.clone(),
         trust_domain: settings.trust_domain.clone(),
@@ -274,5 +287,6 @@ pub fn start_embedded_with(
         metrics,
         shutdown: Some(tx),
         tasks: vec![server],
+        background: Vec::new(),
     })
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use meshlite_contract::CERTIFICATES_PATH;
 use meshlite_contract::api::{CertificateRequest, CertificateResponse, ErrorBody};
+use meshlite_contract::naming::{NamingRequest, NamingResponse};
+use meshlite_contract::{CERTIFICATES_PATH, NAMING_PATH};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
@@ -65,17 +66,8 @@ fn transport(e: impl std::fmt::Display) -> ClientError {
     ClientError::Transport(e.to_string())
 }
 
-/// POSTs `csr_pem` with `token` and decodes the answer.
-pub async fn request_certificate(
-    target: &Target,
-    token: &str,
-    csr_pem: &str,
-) -> Result<CertificateResponse, ClientError> {
-    let body = serde_json::to_vec(&CertificateRequest {
-        csr: csr_pem.to_string(),
-    })
-    .map_err(transport)?;
-    let raw = post_raw(target, Some(token), body).await?;
+/// A 200 answer decoded as `T`, or the refusal's ErrorBody.
+fn decode<T: serde::de::DeserializeOwned>(raw: RawResponse) -> Result<T, ClientError> {
     if raw.status != 200 {
         let body = serde_json::from_slice::<ErrorBody>(&raw.body).map_err(|e| {
             transport(format!(
@@ -90,6 +82,31 @@ pub async fn request_certificate(
         });
     }
     serde_json::from_slice(&raw.body).map_err(transport)
+}
+
+/// POSTs `csr_pem` with `token` and decodes the answer.
+pub async fn request_certificate(
+    target: &Target,
+    token: &str,
+    csr_pem: &str,
+) -> Result<CertificateResponse, ClientError> {
+    let body = serde_json::to_vec(&CertificateRequest {
+        csr: csr_pem.to_string(),
+    })
+    .map_err(transport)?;
+    let raw = post_raw(target, Some(token), body).await?;
+    decode(raw)
+}
+
+/// Asks certd's naming API who may answer at `addr`.
+pub async fn request_naming(
+    target: &Target,
+    token: &str,
+    addr: SocketAddr,
+) -> Result<NamingResponse, ClientError> {
+    let body = serde_json::to_vec(&NamingRequest { addr }).map_err(transport)?;
+    let raw = send(target, http::Method::POST, NAMING_PATH, Some(token), body).await?;
+    decode(raw)
 }
 
 /// POSTs arbitrary bytes to the certificates path (for malformed-input tests).

@@ -16,6 +16,8 @@
 //!
 //! [`ca`] holds the CA material and mints certificates, [`kube::bootstrap`]
 //! creates or loads the CA Secret, [`kube::trust`] distributes the trust bundle.
+//! [`naming`] answers `POST /v1/naming`: which identities may answer at an
+//! address, from watches of Pods, Services and EndpointSlices.
 
 pub mod api;
 pub mod app;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod identity;
 pub mod kube;
 pub mod metrics;
+pub mod naming;
 pub mod review;
 pub mod server;
 pub mod signer;

@@ -28,6 +28,7 @@ pub struct Metrics {
     requests: Family<ResultLabels, Counter>,
     ca_not_after: Gauge<i64, AtomicI64>,
     injector_cert: Family<InjectorCertLabels, Counter>,
+    naming: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -53,8 +54,15 @@ impl Default for Metrics {
              reason it was (re-)issued",
             injector_cert.clone(),
         );
+        let naming = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "naming_requests",
+            "Secure-naming requests, by result (meshed, unmeshed, mixed, unknown, or the refusal reason)",
+            naming.clone(),
+        );
         Metrics {
             registry,
+            naming,
             requests,
             ca_not_after,
             injector_cert,
@@ -65,6 +73,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn request(&self, result: &'static str) {
         self.requests.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// One naming request ended with `result`.
+    pub fn naming(&self, result: &'static str) {
+        self.naming.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// How many naming requests ended with `result`.
+    pub fn naming_requests(&self, result: &'static str) -> u64 {
+        self.naming
+            .get(&ResultLabels { result })
+            .map_or(0, |c| c.get())
     }
 
     /// How many requests ended with `result`.

@@ -113,6 +113,50 @@ impl TokenReviewer for StaticTokens {
     }
 }
 
+/// Tokens that passed review recently, for the naming API only.
+///
+/// A proxy asks certd about every new destination and again after each
+/// answer's TTL, so reviewing its token every time would put a TokenReview on
+/// the API server per destination per TTL per pod. Naming answers only
+/// describe the mesh (they grant nothing), so a token reviewed once is
+/// accepted for [`ReviewCache::TTL`] without another review; certificate
+/// requests are always reviewed. Keys are SHA-256 digests, never the tokens.
+#[derive(Debug, Default)]
+pub struct ReviewCache {
+    map: std::sync::Mutex<HashMap<[u8; 32], std::time::Instant>>,
+}
+
+impl ReviewCache {
+    /// How long a reviewed token is accepted without another review.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Most tokens remembered; past it the cache starts over (one review each).
+    pub const MAX: usize = 16 * 1024;
+
+    fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// Whether `token` passed review less than [`Self::TTL`] before `now`.
+    pub fn fresh(&self, token: &str, now: std::time::Instant) -> bool {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&Self::key(token))
+            .is_some_and(|at| now.saturating_duration_since(*at) < Self::TTL)
+    }
+
+    /// Records that `token` passed review at `now`.
+    pub fn remember(&self, token: &str, now: std::time::Instant) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX {
+            map.retain(|_, at| now.saturating_duration_since(*at) < Self::TTL);
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+        }
+        map.insert(Self::key(token), now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +174,17 @@ mod tests {
             tokens.review("nope").await,
             Err(ApiError::Unauthenticated(_))
         ));
+    }
+
+    #[test]
+    fn a_reviewed_token_is_fresh_for_the_ttl_only() {
+        let cache = ReviewCache::default();
+        let t0 = std::time::Instant::now();
+        assert!(!cache.fresh("t", t0));
+        cache.remember("t", t0);
+        assert!(cache.fresh("t", t0 + ReviewCache::TTL / 2));
+        assert!(!cache.fresh("t", t0 + ReviewCache::TTL));
+        assert!(!cache.fresh("other", t0));
     }
 
     #[test]

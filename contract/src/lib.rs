@@ -9,6 +9,7 @@ pub mod allow;
 pub mod api;
 pub mod env;
 pub mod identity;
+pub mod naming;
 
 pub use allow::{AllowList, AllowPattern};
 pub use identity::{IdentityError, SpiffeId, TrustDomain};
@@ -62,6 +63,8 @@ pub const TRUST_BUNDLE_CONFIGMAP: &str = "meshlite-trust-bundle";
 pub const TRUST_BUNDLE_KEY: &str = "ca.pem";
 /// Path of certd's certificate API.
 pub const CERTIFICATES_PATH: &str = "/v1/certificates";
+/// Path of certd's secure-naming API (`POST`, see [`naming`]).
+pub const NAMING_PATH: &str = "/v1/naming";
 /// Name of the injector's MutatingWebhookConfiguration (certd keeps its caBundle current).
 pub const WEBHOOK_CONFIGURATION: &str = "meshlite-injector";
 /// Path prefix on the admin port under which rewritten application probes are

@@ -138,6 +138,8 @@ pub struct Config {
     pub app_probes: Option<String>,
     /// Session resumption and key exchange.
     pub tls: crate::tls::TlsOptions,
+    /// Secure naming for outbound destinations.
+    pub naming: crate::naming::NamingConfig,
 }
 
 impl Config {
@@ -170,6 +172,7 @@ impl Config {
             reload_interval: Duration::from_secs(2),
             app_probes: None,
             tls: crate::tls::TlsOptions::default(),
+            naming: crate::naming::NamingConfig::default(),
         }
     }
 }

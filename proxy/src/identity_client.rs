@@ -179,21 +179,21 @@ fn certd_tls(roots: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConf
     Ok(Arc::new(cfg))
 }
 
-/// Asks certd for one certificate with a fresh in-memory key.
-pub async fn request(cfg: &ClientConfig) -> Result<Credentials, RequestError> {
+/// POSTs `body` (JSON) to certd's `path` with the workload's token, over
+/// TLS 1.3 verified against the mounted trust bundle, within `timeout`.
+/// Answers the status, any `Retry-After`, and the body (at most
+/// [`MAX_RESPONSE_BYTES`]). The certificate and the naming client share it.
+pub(crate) async fn post(
+    cfg: &ClientConfig,
+    path: &'static str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<(http::StatusCode, Option<Duration>, Bytes), RequestError> {
     let token = std::fs::read_to_string(&cfg.token_file).map_err(|source| RequestError::Token {
         path: cfg.token_file.clone(),
         source,
     })?;
     let roots = read_bundle(&cfg.bundle_file)?;
-
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names = vec![SanType::URI(cfg.identity.to_uri().as_str().try_into()?)];
-    let csr = params.serialize_request(&key)?.pem()?;
-    let body = serde_json::to_vec(&CertificateRequest { csr })
-        .map_err(|e| RequestError::Http(e.to_string()))?;
-
     let host = cfg
         .url
         .host()
@@ -220,7 +220,7 @@ pub async fn request(cfg: &ClientConfig) -> Result<Credentials, RequestError> {
             .await
             .map_err(|e| RequestError::Http(e.to_string()))?;
         tokio::spawn(conn);
-        let req = http::Request::post(CERTIFICATES_PATH)
+        let req = http::Request::post(path)
             .header(http::header::HOST, host)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
@@ -247,20 +247,40 @@ pub async fn request(cfg: &ClientConfig) -> Result<Credentials, RequestError> {
             .to_bytes();
         Ok::<_, RequestError>((status, retry_after, bytes))
     };
-    let (status, retry_after, bytes) = tokio::time::timeout(cfg.timeout, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| RequestError::Timeout)??;
+        .map_err(|_| RequestError::Timeout)?
+}
+
+/// A non-2xx answer as a [`RequestError::Refused`].
+pub(crate) fn refused(
+    status: http::StatusCode,
+    retry_after: Option<Duration>,
+    bytes: &[u8],
+) -> RequestError {
+    let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| ErrorBody {
+        error: "unknown".into(),
+        message: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+    });
+    RequestError::Refused {
+        status: status.as_u16(),
+        body,
+        retry_after,
+    }
+}
+
+/// Asks certd for one certificate with a fresh in-memory key.
+pub async fn request(cfg: &ClientConfig) -> Result<Credentials, RequestError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![SanType::URI(cfg.identity.to_uri().as_str().try_into()?)];
+    let csr = params.serialize_request(&key)?.pem()?;
+    let body = serde_json::to_vec(&CertificateRequest { csr })
+        .map_err(|e| RequestError::Http(e.to_string()))?;
+    let (status, retry_after, bytes) = post(cfg, CERTIFICATES_PATH, body, cfg.timeout).await?;
 
     if !status.is_success() {
-        let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
-            error: "unknown".into(),
-            message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-        });
-        return Err(RequestError::Refused {
-            status: status.as_u16(),
-            body,
-            retry_after,
-        });
+        return Err(refused(status, retry_after, &bytes));
     }
     let answer: CertificateResponse =
         serde_json::from_slice(&bytes).map_err(|e| RequestError::Decode(e.to_string()))?;

@@ -5,7 +5,8 @@
 //! TLS with SPIFFE identities:
 //!
 //! - [`outbound`]: the pod's own connections, originated as mTLS to their
-//!   original destination, with plaintext fallback for unmeshed destinations.
+//!   original destination. [`naming`] says whether the destination is meshed
+//!   and who must answer there; plaintext only for unmeshed destinations.
 //! - [`inbound`]: connections to the pod, detected ([`detect`]) and terminated
 //!   as mTLS, authorised against the allow list ([`policy`]), or passed through
 //!   as plaintext in permissive mode.
@@ -22,6 +23,7 @@ pub mod inbound;
 pub mod init;
 pub mod io;
 pub mod metrics;
+pub mod naming;
 pub mod orig_dst;
 pub mod outbound;
 pub mod policy;

@@ -8,6 +8,7 @@ use meshlite_proxy::config::{
     Timeouts, parse_duration,
 };
 use meshlite_proxy::identity_client::ClientConfig;
+use meshlite_proxy::naming::{NamingConfig, NamingSource};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,7 +42,8 @@ struct RunArgs {
     /// Inbound mode for connections that are not mesh mTLS: permissive or strict.
     #[arg(long, env = env::MODE, default_value = "permissive")]
     mode: Mode,
-    /// Outbound mode: permissive (fall back to plaintext), strict, or disabled.
+    /// Outbound mode: permissive (plaintext to unmeshed destinations), strict,
+    /// or disabled. Destinations secure naming calls meshed always need mTLS.
     #[arg(long, env = env::OUTBOUND_MODE, default_value = "permissive")]
     outbound_mode: OutboundMode,
     /// Outbound listen addresses (repeatable). Default: 127.0.0.1:15001 and [::1]:15001 if IPv6 is up.
@@ -53,6 +55,15 @@ struct RunArgs {
     /// Explicit mode: send every outbound connection to this address, not SO_ORIGINAL_DST.
     #[arg(long)]
     outbound_upstream: Option<SocketAddr>,
+    /// Explicit mode: the SPIFFE ID the upstream must present (repeatable: any
+    /// of them). Pins secure naming without a cluster: every outbound
+    /// connection then requires mTLS with one of these, in any mode.
+    #[arg(long = "outbound-expect-identity", requires = "outbound_upstream")]
+    outbound_expect_identity: Vec<SpiffeId>,
+    /// Most outbound destinations whose secure-naming answers are held
+    /// (about 270 bytes each with one identity, 2.5 KiB at most).
+    #[arg(long, default_value_t = meshlite_proxy::naming::DEFAULT_CACHE_MAX)]
+    naming_cache_size: usize,
     /// Explicit mode: send every inbound connection to this address, not SO_ORIGINAL_DST.
     #[arg(long)]
     inbound_backend: Option<SocketAddr>,
@@ -198,6 +209,11 @@ impl RunArgs {
                 "no credential source: pass --certd-url (cluster mode) or --cert, --key and --trust-bundle (PEM files)"
             ),
         };
+        let naming_source = match (&creds, self.outbound_expect_identity) {
+            (_, pinned) if !pinned.is_empty() => NamingSource::Pinned(pinned),
+            (CredSource::Certd(client), _) => NamingSource::Certd(client.clone()),
+            _ => NamingSource::None,
+        };
         let policy = match (self.allow, self.allow_file, self.annotations_file) {
             (Some(v), _, _) => PolicySource::Static(v),
             (_, Some(p), _) => PolicySource::File(p),
@@ -225,6 +241,10 @@ impl RunArgs {
             tls: meshlite_proxy::tls::TlsOptions {
                 resumption: !self.no_tls_resumption,
                 post_quantum: self.key_exchange == "hybrid",
+            },
+            naming: NamingConfig {
+                source: naming_source,
+                cache_max: self.naming_cache_size,
             },
         })
     }

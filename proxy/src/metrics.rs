@@ -97,6 +97,14 @@ pub struct Metrics {
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub renewals: Family<ResultLabels, Counter>,
     pub fallback_cache_size: Gauge,
+    pub naming_lookups: Family<ResultLabels, Counter>,
+    pub naming_fallback: Family<NamingReason, Counter>,
+    pub naming_cache_size: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct NamingReason {
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -122,6 +130,9 @@ impl Metrics {
             policy_reloads: Family::default(),
             renewals: Family::default(),
             fallback_cache_size: Gauge::default(),
+            naming_lookups: Family::default(),
+            naming_fallback: Family::default(),
+            naming_cache_size: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -189,6 +200,23 @@ impl Metrics {
             "Destinations currently remembered as not meshed",
             m.fallback_cache_size.clone(),
         );
+        registry.register(
+            "naming_lookups",
+            "Secure-naming decisions for outbound destinations, by where the answer came from \
+             (pinned, cached, asked, stale)",
+            m.naming_lookups.clone(),
+        );
+        registry.register(
+            "naming_fallback",
+            "Outbound connections decided by detection because secure naming had no answer, \
+             by reason (unknown, certd_error, not_configured)",
+            m.naming_fallback.clone(),
+        );
+        registry.register(
+            "naming_cache_destinations",
+            "Destinations whose secure-naming answers are held",
+            m.naming_cache_size.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -215,6 +243,18 @@ impl Metrics {
     pub fn plaintext(&self, direction: Direction, reason: &'static str) {
         self.plaintext
             .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+
+    pub fn naming_lookup(&self, result: &'static str) {
+        self.naming_lookups
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn naming_fallback(&self, reason: &'static str) {
+        self.naming_fallback
+            .get_or_create(&NamingReason { reason })
             .inc();
     }
 

@@ -1,16 +1,26 @@
 //! The outbound listener: the pod's own connections to elsewhere.
 //!
-//! bind → accept → [`handle`]: originate mesh mTLS to the original destination.
-//! If the destination does not complete *our* handshake, not one application
-//! byte has been forwarded yet, so in permissive mode the proxy can open a fresh
-//! plaintext connection instead, and remembers the destination for a while so
-//! later connections skip the attempt. Strict mode never falls back.
+//! bind → accept → [`handle`]: ask secure naming ([`crate::naming`]) what is at
+//! the original destination, then:
+//! - **meshed**: originate mesh mTLS; the server must present one of the
+//!   answered identities. Any failure (reset, non-TLS bytes, another CA, the
+//!   wrong identity) refuses the connection, in every mode: no application
+//!   byte is ever sent in plaintext to a meshed destination.
+//! - **unmeshed**: plaintext at once, no handshake attempt (permissive), or
+//!   refused (strict).
+//! - **mixed** or **no answer**: detection. Try mTLS; if the destination does
+//!   not complete *our* handshake, not one application byte has been forwarded
+//!   yet, so in permissive mode the proxy opens a fresh plaintext connection
+//!   instead, and remembers the destination for a while so later connections
+//!   skip the attempt. A server that does complete mTLS must still be one of
+//!   the identities of a mixed answer. Strict mode never falls back.
 
 use crate::config::OutboundMode;
 use crate::metrics::Direction;
+use crate::naming::Decision;
 use crate::proxy::{ConnLog, Ctx, connect, resolve_target};
 use crate::tls::{handshake_failure_reason, leaf_info};
-use meshlite_contract::ALPN;
+use meshlite_contract::{ALPN, SpiffeId};
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,14 +82,26 @@ pub(crate) async fn handle(tcp: TcpStream, client: SocketAddr, listener: SocketA
     };
     let mut log = ConnLog::new(DIR, client, target);
 
-    match cfg.mode {
-        OutboundMode::Disabled => {
-            return plaintext(tcp, target, "disabled", ctx, log).await;
+    if cfg.mode == OutboundMode::Disabled {
+        return plaintext(tcp, target, "disabled", ctx, log).await;
+    }
+    let decision = ctx.naming.resolve(target, &ctx.metrics).await;
+    // Who must answer, and whether a failed handshake may fall back.
+    let (expected, may_fall_back): (Option<&[SpiffeId]>, bool) = match &decision {
+        Decision::Unmeshed => {
+            if cfg.mode == OutboundMode::Strict {
+                ctx.metrics.refuse(DIR, "strict_unmeshed_destination");
+                tracing::info!(%client, %target, "strict outbound: the destination is not meshed");
+                return;
+            }
+            return plaintext(tcp, target, "unmeshed", ctx, log).await;
         }
-        OutboundMode::Permissive if ctx.fallback.contains(target) => {
-            return plaintext(tcp, target, "not_meshed", ctx, log).await;
-        }
-        OutboundMode::Permissive | OutboundMode::Strict => {}
+        Decision::Meshed(ids) => (Some(ids), false),
+        Decision::Mixed(ids) => (Some(ids), cfg.mode == OutboundMode::Permissive),
+        Decision::Detect(_) => (None, cfg.mode == OutboundMode::Permissive),
+    };
+    if may_fall_back && ctx.fallback.contains(target) {
+        return plaintext(tcp, target, "not_meshed", ctx, log).await;
     }
 
     let Some(tls) = ctx.creds.current() else {
@@ -106,15 +128,33 @@ pub(crate) async fn handle(tcp: TcpStream, client: SocketAddr, listener: SocketA
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|leaf| leaf_info(leaf).ok());
-            if conn.alpn_protocol() == Some(ALPN) {
-                let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            let alpn_ok = conn.alpn_protocol() == Some(ALPN);
+            let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            let named = match (expected, &peer) {
+                (None, _) => true,
+                (Some(ids), Some(p)) => ids.contains(&p.id),
+                (Some(_), None) => false,
+            };
+            if alpn_ok && named {
                 log.mtls(&ctx.metrics, peer.map(|p| p.id), resumed);
                 log.relay(tcp, stream, ctx).await;
                 return;
             }
-            // A TLS server we trust that does not speak the mesh protocol.
             let mut stream = stream;
             let _ = stream.shutdown().await;
+            if !named {
+                // A mesh peer with a valid certificate, but not who must answer
+                // here: never a fallback, in any mode.
+                ctx.metrics.refuse(DIR, "identity_mismatch");
+                tracing::warn!(
+                    %client,
+                    %target,
+                    peer = peer.as_ref().map(|p| tracing::field::display(&p.id)),
+                    "outbound: the server is not an identity secure naming allows here; refused"
+                );
+                return;
+            }
+            // A TLS server we trust that does not speak the mesh protocol.
             "no_alpn"
         }
         Ok(Err(e)) => {
@@ -125,7 +165,12 @@ pub(crate) async fn handle(tcp: TcpStream, client: SocketAddr, listener: SocketA
         Err(_) => "timeout",
     };
     ctx.metrics.handshake_failed(DIR, failure);
-    if cfg.mode == OutboundMode::Strict {
+    if matches!(decision, Decision::Meshed(_)) {
+        ctx.metrics.refuse(DIR, "mesh_handshake_failed");
+        tracing::warn!(%client, %target, reason = failure, "outbound: a meshed destination did not complete mesh mTLS; refused, never sent in plaintext");
+        return;
+    }
+    if !may_fall_back {
         ctx.metrics.refuse(DIR, "strict_mode_handshake_failed");
         tracing::info!(%client, %target, reason = failure, "strict outbound: destination did not complete mesh mTLS");
         return;

@@ -31,6 +31,7 @@ pub(crate) struct Ctx {
     pub policy: PolicyStore,
     pub metrics: Arc<Metrics>,
     pub fallback: FallbackCache,
+    pub naming: crate::naming::Naming,
     pub limiter: Arc<Semaphore>,
     pub draining: AtomicBool,
 }
@@ -238,6 +239,7 @@ impl Proxy {
         crate::reload::apply_policy(&self.config.policy, &policy, &self.metrics);
         let ctx = Arc::new(Ctx {
             fallback: FallbackCache::new(self.config.fallback_ttl),
+            naming: crate::naming::Naming::new(&self.config.naming),
             limiter: Arc::new(Semaphore::new(self.config.max_connections)),
             creds: self.creds,
             policy,

@@ -10,47 +10,18 @@
 
 use meshlite_contract::{INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
 use meshlite_proxy::testing::TestCa;
-use meshlite_proxy::testing::netns::{Child, Netns, link, require_root_and};
+use meshlite_proxy::testing::netns::{self, Child, Netns, link, require_root_and, write_creds};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/server";
 const APP_PORT: u16 = 8080;
 
-fn write_creds(ca: &TestCa, dir: &Path, id: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    ca.write_files(dir, id).unwrap();
-    // The proxy runs as its own UID and must read these (test-only permissions).
-    meshlite_proxy::testing::netns::sh(&format!("chmod -R a+rX {}", dir.display()));
-}
-
 fn spawn_proxy(ns: &Netns, creds: &Path, extra: &[&str]) -> Child {
-    let bin = env!("CARGO_BIN_EXE_meshlite-proxy");
-    let mut cmd = ns.command("setpriv");
-    cmd.args([
-        &format!("--reuid={PROXY_UID}"),
-        &format!("--regid={PROXY_UID}"),
-        "--clear-groups",
-        bin,
-        "run",
-        "--cert",
-        &creds.join("cert.pem").display().to_string(),
-        "--key",
-        &creds.join("key.pem").display().to_string(),
-        "--trust-bundle",
-        &creds.join("bundle.pem").display().to_string(),
-        "--admin-listen",
-        "0.0.0.0:15020",
-    ]);
-    cmd.args(extra)
-        .env("RUST_LOG", "meshlite_proxy=debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    Child(cmd.spawn().unwrap())
+    netns::spawn_proxy(ns, env!("CARGO_BIN_EXE_meshlite-proxy"), creds, extra)
 }
 
 #[test]

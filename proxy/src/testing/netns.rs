@@ -183,3 +183,39 @@ impl Netns {
         }
     }
 }
+
+/// Writes `id`'s certificate, key and the bundle of `ca` into `dir`, readable
+/// by the proxy UID (test-only permissions).
+pub fn write_creds(ca: &super::TestCa, dir: &std::path::Path, id: &str) {
+    std::fs::create_dir_all(dir).expect("creating the credentials directory");
+    ca.write_files(dir, id).expect("writing test credentials");
+    sh(&format!("chmod -R a+rX {}", dir.display()));
+}
+
+/// Runs the proxy binary `bin` in `ns` as the proxy UID, with PEM credentials
+/// from `creds` (see [`write_creds`]), the admin port on 15020, and `extra`
+/// flags.
+pub fn spawn_proxy(ns: &Netns, bin: &str, creds: &std::path::Path, extra: &[&str]) -> Child {
+    let uid = meshlite_contract::PROXY_UID;
+    let mut cmd = ns.command("setpriv");
+    cmd.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        "--clear-groups",
+        bin,
+        "run",
+        "--cert",
+        &creds.join("cert.pem").display().to_string(),
+        "--key",
+        &creds.join("key.pem").display().to_string(),
+        "--trust-bundle",
+        &creds.join("bundle.pem").display().to_string(),
+        "--admin-listen",
+        "0.0.0.0:15020",
+    ]);
+    cmd.args(extra)
+        .env("RUST_LOG", "meshlite_proxy=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    Child(cmd.spawn().expect("spawning the proxy"))
+}

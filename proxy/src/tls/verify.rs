@@ -6,10 +6,13 @@
 //! carries exactly one URI SAN, that it is a meshlite SPIFFE ID, and that it is in
 //! our trust domain.
 //!
-//! The client side deliberately does not check the server *name*: the outbound
-//! proxy connects to an original destination (a pod IP or a ClusterIP) and has no
-//! discovery that would tell it which identity should answer there. It enforces
-//! the trust domain only, and records the identity it got (DESIGN.md section 2).
+//! The client side does not check the server *name* here: the outbound proxy
+//! connects to an original destination (a pod IP or a ClusterIP), and which
+//! identities may answer there is secure naming's answer, which can change per
+//! destination while one client config serves them all. The verifier enforces
+//! the chain and the trust domain; `outbound.rs` then requires the verified
+//! identity to be one of the answered ones, after the handshake and before a
+//! single application byte is sent (DESIGN.md section 2, "Secure naming").
 
 use meshlite_contract::{SpiffeId, TrustDomain};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

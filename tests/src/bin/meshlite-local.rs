@@ -14,6 +14,7 @@ use clap::Parser;
 use meshlite_contract::{SpiffeId, TrustDomain};
 use meshlite_proxy::config::CredSource;
 use meshlite_proxy::identity_client::ClientConfig;
+use meshlite_proxy::naming::NamingSource;
 use meshlite_proxy::testing::echo_server;
 use meshlite_proxy::{Config, Proxy};
 use std::path::Path;
@@ -113,6 +114,11 @@ async fn main() -> anyhow::Result<()> {
 
     let mut cfg = Config::explicit(td.clone(), Some(inbound), None);
     cfg.creds = certd_source(dir.path(), &url, &td, "client")?;
+    // There is no cluster for certd to name the upstream from, so the client
+    // pins it, as `meshlite-proxy run --outbound-expect-identity` does: only
+    // the server proxy's identity may answer, and never in plaintext.
+    let server_id = SpiffeId::new(td.clone(), "demo", "server")?;
+    cfg.naming.source = NamingSource::Pinned(vec![server_id.clone()]);
     let client = Proxy::new(cfg)
         .bind()
         .await
@@ -152,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "meshlite local: app {app} <- server proxy {inbound} <= mTLS <= client proxy {outbound}"
     );
+    println!("  the client proxy expects {server_id} upstream (--outbound-expect-identity)");
     for msg in [
         "hello over mTLS",
         "a second connection resumes the TLS session",

@@ -27,6 +27,7 @@ mod special;
 mod status;
 mod store;
 mod watch;
+pub mod workloads;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

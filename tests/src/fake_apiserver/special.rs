@@ -50,6 +50,14 @@ fn decode_b64(v: Option<&Value>) -> Option<Vec<u8>> {
 /// Create-time validation, mirroring the API server's for CSRs; status is
 /// dropped on create, as the real server does.
 pub(crate) fn validate_create(target: &Target, obj: &mut Value) -> Result<(), String> {
+    // As kube-apiserver's create strategies: a Pod's or Service's status is the
+    // server's (the kubelet, the controllers), written through `/status`.
+    if matches!(target.resource.as_str(), "pods" | "services") {
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("status");
+        }
+        return Ok(());
+    }
     if target.resource != CSR {
         return Ok(());
     }

@@ -15,6 +15,8 @@ pub fn kind_of(resource: &str) -> Option<&'static str> {
         "mutatingwebhookconfigurations" => "MutatingWebhookConfiguration",
         "serviceaccounts" => "ServiceAccount",
         "pods" => "Pod",
+        "services" => "Service",
+        "endpointslices" => "EndpointSlice",
         _ => return None,
     })
 }

@@ -130,6 +130,28 @@ const CERTD_CALLS: &[Call] = &[
         verbs: &["update"],
         names: &[INJECTOR_SECRET],
     },
+    // Secure naming (certd/src/naming/): reflectors list, then watch.
+    Call {
+        scope: Scope::Cluster,
+        group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+        names: &[],
+    },
+    Call {
+        scope: Scope::Cluster,
+        group: "",
+        resource: "services",
+        verbs: &["list", "watch"],
+        names: &[],
+    },
+    Call {
+        scope: Scope::Cluster,
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["list", "watch"],
+        names: &[],
+    },
     // Create the CA Secret on first start and the injector's Secret when it
     // is absent (a create cannot be restricted by name).
     Call {
@@ -302,6 +324,11 @@ fn certd_rbac_grants_exactly_its_api_calls() {
 /// Non-test Rust source of a crate: every `.rs` under `src/` except `tests.rs`
 /// files, each cut at its `#[cfg(test)]` module.
 fn crate_source(dir: &str) -> String {
+    source_under(&repo_root().join(dir).join("src"))
+}
+
+/// Non-test Rust source under `root` (see [`crate_source`]).
+fn source_under(root: &Path) -> String {
     fn walk(dir: &Path, out: &mut String) {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -320,7 +347,7 @@ fn crate_source(dir: &str) -> String {
         }
     }
     let mut out = String::new();
-    walk(&repo_root().join(dir).join("src"), &mut out);
+    walk(root, &mut out);
     out
 }
 
@@ -352,6 +379,9 @@ fn resource_of(ty: &str) -> &'static str {
         "TokenReview" => "tokenreviews",
         "CertificateSigningRequest" => "certificatesigningrequests",
         "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations",
+        "Pod" => "pods",
+        "Service" => "services",
+        "EndpointSlice" => "endpointslices",
         other => panic!(
             "the source uses Api<{other}>: add its resource here and its calls to the RBAC table"
         ),
@@ -438,5 +468,45 @@ fn certd_source_uses_the_listed_resources_and_verbs() {
             grants(resource, verb),
             "certd's code and the table disagree on {method} ({verb} {resource})"
         );
+    }
+    // Pods, Services and EndpointSlices are only ever read through a
+    // reflector's watcher (list + watch), and only in certd/src/naming/.
+    // Without whitespace, so rustfmt's line breaks do not matter.
+    let naming: String = source_under(&repo_root().join("certd/src/naming"))
+        .split_whitespace()
+        .collect();
+    for ty in ["Pod", "Service", "EndpointSlice"] {
+        let api = format!("watcher(Api::<{ty}>::all(");
+        assert!(
+            naming.contains(&api),
+            "certd/src/naming/ watches {ty}s with {api}"
+        );
+        assert_eq!(
+            source.matches(&format!("Api::<{ty}>")).count()
+                + source.matches(&format!("Api<{ty}>")).count(),
+            1,
+            "one Api<{ty}> in certd, the naming watch"
+        );
+    }
+    // The API calls live in mod.rs (index.rs is pure): one watcher, no other verb.
+    let calls = read(&repo_root().join("certd/src/naming/mod.rs"));
+    for other in [
+        ".get(",
+        ".list(",
+        ".watch(",
+        ".create(",
+        ".replace(",
+        ".patch(",
+        ".delete(",
+    ] {
+        assert!(
+            !calls.contains(other),
+            "certd/src/naming/mod.rs makes no {other} call"
+        );
+    }
+    for verb in ["list", "watch"] {
+        for resource in ["pods", "services", "endpointslices"] {
+            assert!(grants(resource, verb), "{verb} {resource} is in the table");
+        }
     }
 }
