@@ -86,6 +86,7 @@ fn scenarios(c: &Cluster) {
     untouched(c);
     mtls_with_capture(c);
     strict_mode(c);
+    secure_naming(c);
     job_completes(c);
     certd_restart_loses_no_issuance(c);
     rotation_keeps_the_connection(c, holder_started);
@@ -875,6 +876,117 @@ fn strict_mode(c: &Cluster) {
     let answer = c.call("plain", "outsider", &permissive, "plain").unwrap();
     assert!(answer.contains("got=plain"), "{answer}");
     println!("strict: Ready with rewritten probes; unmeshed client refused ({count} counted)");
+}
+
+/// certd names who may answer: a Service with two meshed backends under
+/// different ServiceAccounts gets mTLS to both, a Service with a meshed and an
+/// unmeshed backend still works in permissive mode, and every answer the
+/// client's proxy used came from certd (no detection fallback).
+fn secure_naming(c: &Cluster) {
+    let pod = |name: &str, sa: &str, app: &str, extra: &str| {
+        format!(
+            r#"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: mesh
+  labels: {{app: {app}}}
+  annotations: {{{extra}}}
+spec:
+  serviceAccountName: {sa}
+  containers:
+    - name: app
+      image: meshlite.io/testapp:dev
+      imagePullPolicy: Never
+      env: [{{name: POD_NAME, value: {name}}}]
+      readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 2}}
+"#
+        )
+    };
+    let service = |name: &str| {
+        format!(
+            r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: mesh}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{port: 8080, targetPort: 8080}}]
+"#
+        )
+    };
+    let manifest = [
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: alt, namespace: mesh}\n"
+            .to_string(),
+        pod("duo-a", "server", "duo", ""),
+        pod("duo-b", "alt", "duo", ""),
+        service("duo"),
+        pod("mixed-meshed", "server", "mixed", ""),
+        pod(
+            "mixed-plain",
+            "default",
+            "mixed",
+            "meshlite.io/inject: disabled",
+        ),
+        service("mixed"),
+    ]
+    .concat();
+    c.apply(&manifest);
+    c.wait_ready("mesh", &["duo-a", "duo-b", "mixed-meshed", "mixed-plain"]);
+    let mut answered_by = std::collections::BTreeSet::new();
+    for service in ["duo", "mixed"] {
+        // Both backends must have answered: with kube-proxy's random choice,
+        // 16 calls miss one of two with probability 2^-15.
+        for i in 0..16 {
+            let target = format!("{service}.mesh.svc.cluster.local:8080");
+            let answer = c
+                .call("mesh", "client", &target, &format!("naming-{i}"))
+                .unwrap_or_else(|e| panic!("client -> {service}: {e}"));
+            answered_by.insert(
+                answer
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    for want in ["duo-a", "duo-b", "mixed-meshed", "mixed-plain"] {
+        assert!(
+            answered_by.contains(want),
+            "{want} never answered: {answered_by:?}"
+        );
+    }
+    let m = c.metrics("mesh", "client");
+    for sa in ["server", "alt"] {
+        assert!(
+            metric(
+                &m,
+                "meshlite_mtls_connections_total",
+                &[
+                    "direction=\"outbound\"",
+                    &format!("peer_identity=\"{}\"", id("mesh", sa))
+                ]
+            ) >= 1.0,
+            "mTLS to the {sa} backend:\n{m}"
+        );
+    }
+    let asked = metric(&m, "meshlite_naming_lookups_total", &["result=\"asked\""]);
+    assert!(asked >= 3.0, "the client's proxy asked certd:\n{m}");
+    for reason in ["certd_error", "not_configured"] {
+        let fallback = metric(
+            &m,
+            "meshlite_naming_fallback_total",
+            &[&format!("reason=\"{reason}\"")],
+        );
+        assert_eq!(fallback, 0.0, "fallback to detection ({reason}):\n{m}");
+    }
+    println!(
+        "secure naming: duo (two ServiceAccounts) and mixed Services answered by {answered_by:?}; {asked} answers asked of certd, no fallback"
+    );
 }
 
 /// A Job's pod completes with no extra step: the native sidecar stops with it.
