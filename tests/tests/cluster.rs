@@ -36,10 +36,20 @@ fn main() {
         println!("real_cluster: test");
         return;
     }
-    // `cargo test -- NAME` passes NAME to every test binary: run only if it
-    // matches, as libtest would.
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "real_cluster".contains(f.as_str())) {
+    // `cargo test -- NAME` and `-- --skip NAME` reach every test binary: honour
+    // them as libtest would.
+    let skipped = args
+        .windows(2)
+        .any(|w| w[0] == "--skip" && "real_cluster".contains(w[1].as_str()));
+    let filters: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--skip"))
+        .map(|(_, a)| a)
+        .collect();
+    if skipped
+        || (!filters.is_empty() && !filters.iter().any(|f| "real_cluster".contains(f.as_str())))
+    {
         println!("real_cluster: filtered out");
         return;
     }
