@@ -28,6 +28,7 @@ pub struct Metrics {
     requests: Family<ResultLabels, Counter>,
     ca_not_after: Gauge<i64, AtomicI64>,
     injector_cert: Family<InjectorCertLabels, Counter>,
+    http_refusals: meshlite_https::Refusals,
 }
 
 impl Default for Metrics {
@@ -53,11 +54,14 @@ impl Default for Metrics {
              reason it was (re-)issued",
             injector_cert.clone(),
         );
+        let http_refusals =
+            meshlite_https::Refusals::register(&mut registry, "http_refusals", "API clients");
         Metrics {
             registry,
             requests,
             ca_not_after,
             injector_cert,
+            http_refusals,
         }
     }
 }
@@ -84,6 +88,16 @@ impl Metrics {
         self.injector_cert
             .get(&InjectorCertLabels { result, reason })
             .map_or(0, |c| c.get())
+    }
+
+    /// The API's limits, counting what they shed in `http_refusals`.
+    pub fn gate(&self, limits: meshlite_https::Limits) -> meshlite_https::Gate {
+        meshlite_https::Gate::new(limits, self.http_refusals.clone())
+    }
+
+    /// How many clients the API's limits shed for `reason`.
+    pub fn http_refusals(&self, reason: &'static str) -> u64 {
+        self.http_refusals.get(reason)
     }
 
     pub fn set_ca_not_after(&self, unix_seconds: i64) {

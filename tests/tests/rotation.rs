@@ -60,6 +60,7 @@ async fn short_lived_certificates_rotate_under_traffic_with_zero_failed_connecti
     };
     let settings = Settings {
         listen: addr,
+        limits: meshlite_certd::config::default_limits(),
         trust_domain: TrustDomain::default(),
         lifetime: meshlite_certd::approval::Lifetime::for_tests(LIFETIME),
         mode: Mode::Embedded(embedded.clone()),
