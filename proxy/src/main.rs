@@ -62,9 +62,20 @@ struct RunArgs {
     /// Do not run the inbound listener.
     #[arg(long)]
     no_inbound: bool,
-    /// Admin listen address (/live, /ready, /metrics).
+    /// Admin listen address (/live, /ready, /metrics; /shutdown from loopback only).
     #[arg(long, default_value = "0.0.0.0:15020")]
     admin_listen: SocketAddr,
+    /// Time an admin client has for each request header; also how long an
+    /// idle admin connection is kept.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    admin_header_read_timeout: Duration,
+    /// Time from an admin request's header to its answer (503 past it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    admin_request_timeout: Duration,
+    /// Admin connections served at once; more are reset and counted. Apart
+    /// from --max-connections, so the admin port cannot starve the data plane.
+    #[arg(long, default_value_t = 64)]
+    admin_max_connections: usize,
     /// certd's URL: get and renew the certificate from certd (cluster mode).
     #[arg(long, env = env::CERTD_URL, conflicts_with_all = ["cert", "key"], requires = "trust_bundle")]
     certd_url: Option<http::Uri>,
@@ -209,6 +220,11 @@ impl RunArgs {
             inbound,
             outbound,
             admin: Some(self.admin_listen),
+            admin_limits: meshlite_https::Limits {
+                header_read_timeout: self.admin_header_read_timeout,
+                request_timeout: self.admin_request_timeout,
+                max_connections: self.admin_max_connections,
+            },
             timeouts: Timeouts {
                 detect: self.detect_timeout,
                 connect: self.connect_timeout,

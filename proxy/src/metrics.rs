@@ -97,6 +97,8 @@ pub struct Metrics {
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub renewals: Family<ResultLabels, Counter>,
     pub fallback_cache_size: Gauge,
+    /// `not_loopback`, or one of the gate's reasons (`header_timeout`, ...).
+    pub admin_refusals: meshlite_https::Refusals,
 }
 
 impl Default for Metrics {
@@ -122,6 +124,7 @@ impl Metrics {
             policy_reloads: Family::default(),
             renewals: Family::default(),
             fallback_cache_size: Gauge::default(),
+            admin_refusals: meshlite_https::Refusals::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -189,7 +192,17 @@ impl Metrics {
             "Destinations currently remembered as not meshed",
             m.fallback_cache_size.clone(),
         );
-        Metrics { registry, ..m }
+        let admin_refusals = meshlite_https::Refusals::register(
+            &mut registry,
+            "admin_refusals",
+            "Admin port requests (not_loopback: a state change asked from outside the pod) \
+             and connections",
+        );
+        Metrics {
+            registry,
+            admin_refusals,
+            ..m
+        }
     }
 
     /// Renders the Prometheus text exposition.
