@@ -99,6 +99,14 @@ pub struct Metrics {
     pub fallback_cache_size: Gauge,
     /// `not_loopback`, or one of the gate's reasons (`header_timeout`, ...).
     pub admin_refusals: meshlite_https::Refusals,
+    pub bundle_file_rejections: Family<FileLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FileLabels {
+    /// The path of the file, as configured: one series per mounted file.
+    pub file: String,
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -125,6 +133,7 @@ impl Metrics {
             renewals: Family::default(),
             fallback_cache_size: Gauge::default(),
             admin_refusals: meshlite_https::Refusals::default(),
+            bundle_file_rejections: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -192,6 +201,12 @@ impl Metrics {
             "Destinations currently remembered as not meshed",
             m.fallback_cache_size.clone(),
         );
+        registry.register(
+            "trust_bundle_file_rejections",
+            "Reads of the mounted trust-bundle file that were unusable, by file and reason; \
+             the last good bundle stays in use",
+            m.bundle_file_rejections.clone(),
+        );
         let admin_refusals = meshlite_https::Refusals::register(
             &mut registry,
             "admin_refusals",
@@ -216,6 +231,16 @@ impl Metrics {
     pub fn refuse(&self, direction: Direction, reason: &'static str) {
         self.refused
             .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+
+    /// The trust-bundle file at `path` could not be used, for `reason`.
+    pub fn bundle_file_rejected(&self, path: &std::path::Path, reason: &'static str) {
+        self.bundle_file_rejections
+            .get_or_create(&FileLabels {
+                file: path.display().to_string(),
+                reason,
+            })
             .inc();
     }
 
