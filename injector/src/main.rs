@@ -113,3 +113,28 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_limits_answer_before_the_api_server_gives_up() {
+        let args = Args::try_parse_from(["meshlite-injector", "--tls-cert", "c", "--tls-key", "k"])
+            .expect("the required flags are given");
+        let webhook = include_str!("../../deploy/webhook.yaml");
+        let timeout_seconds = webhook
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("timeoutSeconds:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("deploy/webhook.yaml sets timeoutSeconds");
+        assert!(
+            args.request_timeout < Duration::from_secs(timeout_seconds),
+            "--request-timeout {:?} must be below the webhook's timeoutSeconds {timeout_seconds}",
+            args.request_timeout
+        );
+        assert_eq!(args.request_timeout, Duration::from_secs(8));
+        assert_eq!(args.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(args.max_connections, 256);
+    }
+}

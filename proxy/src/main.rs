@@ -324,3 +324,23 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_limit_flags_default_to_the_documented_values() {
+        let cli =
+            Cli::try_parse_from(["meshlite-proxy", "run"]).expect("run takes no required flag");
+        let Command::Run(args) = cli.command else {
+            panic!("the run subcommand")
+        };
+        let limits = meshlite_https::Limits {
+            header_read_timeout: args.admin_header_read_timeout,
+            request_timeout: args.admin_request_timeout,
+            max_connections: args.admin_max_connections,
+        };
+        assert_eq!(limits, meshlite_proxy::config::ADMIN_LIMITS);
+    }
+}
