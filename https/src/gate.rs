@@ -38,8 +38,12 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// How long a lingering close keeps reading what the client still sends.
-pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// How long a lingering close keeps reading what the client still sends, at
+/// most (nginx's `lingering_time` has the same default)...
+pub const LINGER_TIME: Duration = Duration::from_secs(30);
+/// ...and how long it waits for more once the client goes quiet (nginx's
+/// `lingering_timeout`).
+pub const LINGER_IDLE: Duration = Duration::from_secs(5);
 /// How much a lingering close reads at most before it gives up and closes.
 /// Twice the largest body limit of our servers (the injector's 7 MiB) lets a
 /// client that sent a little over the limit finish and read the 413.
@@ -242,9 +246,9 @@ fn request_timeout_response<B: From<Bytes>>(limit: Duration) -> Response<B> {
 }
 
 /// Shuts the write side (the client sees the end of our answer), then reads
-/// and discards until the client closes, [`LINGER_TIME`] passes or
-/// [`LINGER_BYTES`] were read, so that closing does not reset a client that
-/// is still sending a body we refused.
+/// and discards until the client closes, goes quiet for [`LINGER_IDLE`],
+/// [`LINGER_TIME`] passes or [`LINGER_BYTES`] were read, so that closing does
+/// not reset a client that is still sending a body we refused.
 async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
     let drain = async {
         if io.shutdown().await.is_err() {
@@ -253,9 +257,9 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
         let mut buf = [0u8; 16 * 1024];
         let mut left = LINGER_BYTES;
         while left > 0 {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left = left.saturating_sub(n as u64),
+            match tokio::time::timeout(LINGER_IDLE, io.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => return,
+                Ok(Ok(n)) => left = left.saturating_sub(n as u64),
             }
         }
     };

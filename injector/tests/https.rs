@@ -183,7 +183,7 @@ fn metrics_text(server: &Server) -> String {
 /// JSON 413 (not a reset), and the refusal is counted.
 async fn oversized_body_gets_a_json_413(framing: Framing) {
     let server = start().await;
-    let body = vec![b' '; MAX_BODY_BYTES + 1024 * 1024];
+    let body = vec![b' '; MAX_BODY_BYTES + 512 * 1024];
     let answer = raw_client(&server)
         .request(
             "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n",
