@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use meshlite_contract::api::{CertificateRequest, CertificateResponse};
 use meshlite_contract::identity::TrustDomain;
 use meshlite_contract::naming::{NamingRequest, NamingResponse};
@@ -185,20 +184,12 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(ApiError::TooLarge(MAX_BODY));
-    }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::TooLarge(MAX_BODY))
-        }
-        Err(e) => Err(ApiError::MalformedRequest(format!("reading the body: {e}"))),
-    }
+    meshlite_https::read_limited(headers, body, MAX_BODY)
+        .await
+        .map_err(|e| match e {
+            meshlite_https::BodyError::TooLarge(limit) => ApiError::TooLarge(limit),
+            e @ meshlite_https::BodyError::Read(_) => ApiError::MalformedRequest(e.to_string()),
+        })
 }
 
 async fn handle(

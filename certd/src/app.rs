@@ -170,8 +170,9 @@ pub async fn start_cluster(
             })
             .await
     });
+    let gate = metrics.gate(settings.limits);
     let server = tokio::spawn(async move {
-        serve(listener, tls, router(state), async {
+        serve(listener, tls, router(state), gate, async {
             let _ = rx.await;
         })
         .await;
@@ -275,8 +276,9 @@ pub fn start_embedded_with(
     });
     let addr = listener.local_addr().map_err(io(Path::new("listener")))?;
     let (tx, rx) = oneshot::channel::<()>();
+    let gate = metrics.gate(settings.limits);
     let server = tokio::spawn(async move {
-        serve(listener, tls, router(state), async {
+        serve(listener, tls, router(state), gate, async {
             let _ = rx.await;
         })
         .await

@@ -103,6 +103,18 @@ pub struct Args {
     /// Embedded: token file, lines `<token> <namespace> <serviceaccount> [<pod>]`.
     #[arg(long, global = true)]
     pub tokens_file: Option<PathBuf>,
+    /// Seconds a client has for its TLS handshake and each request header;
+    /// also how long an idle keep-alive connection is kept.
+    #[arg(long, global = true, default_value_t = 5)]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds from a request's header to its answer, past which it gets a
+    /// 503. Default 30, or 45 with --no-builtin-signer; never at or below the
+    /// request's own budget (--api-timeout-seconds plus the signer wait).
+    #[arg(long, global = true)]
+    pub request_timeout_seconds: Option<u64>,
+    /// Connections served at once; more are reset and counted.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub max_connections: usize,
 }
 
 /// Why the command line cannot run.
@@ -118,6 +130,16 @@ pub enum ConfigError {
     Interval(u64),
     #[error("embedded mode needs --tokens-file")]
     NoTokens,
+    #[error("--header-read-timeout-seconds {0}: must be 1..=300")]
+    HeaderTimeout(u64),
+    #[error(
+        "--request-timeout-seconds {given}: must be above {budget} s, the budget of one \
+         request (--api-timeout-seconds plus the signer wait), so a slow signer gets its \
+         own answer rather than a bare timeout"
+    )]
+    RequestTimeout { given: u64, budget: u64 },
+    #[error("--max-connections 0: must be at least 1")]
+    MaxConnections,
 }
 
 /// Where the embedded CA comes from.
@@ -137,6 +159,8 @@ pub enum EmbeddedCa {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// The HTTP server's limits.
+    pub limits: meshlite_https::Limits,
     pub trust_domain: TrustDomain,
     pub lifetime: Lifetime,
     pub mode: Mode,
@@ -241,12 +265,59 @@ impl Args {
         };
         Ok(Settings {
             listen: self.listen,
+            limits: self.limits(&mode)?,
             trust_domain: self.trust_domain.clone(),
             lifetime,
             mode,
         })
     }
 }
+
+impl Args {
+    fn limits(&self, mode: &Mode) -> Result<meshlite_https::Limits, ConfigError> {
+        if !(1..=300).contains(&self.header_read_timeout_seconds) {
+            return Err(ConfigError::HeaderTimeout(self.header_read_timeout_seconds));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::MaxConnections);
+        }
+        // The handler's own budget; the request timeout sits above it.
+        let budget = match mode {
+            Mode::Cluster(c) => c.request_deadline.as_secs(),
+            Mode::Embedded(_) => 0,
+        };
+        let request_timeout = match self.request_timeout_seconds {
+            Some(given) if given <= budget => {
+                return Err(ConfigError::RequestTimeout { given, budget });
+            }
+            Some(given) => given,
+            None if self.no_builtin_signer => DEFAULT_REQUEST_TIMEOUT_EXTERNAL.max(budget + 5),
+            None => DEFAULT_REQUEST_TIMEOUT.max(budget + 5),
+        };
+        Ok(meshlite_https::Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            request_timeout: Duration::from_secs(request_timeout),
+            max_connections: self.max_connections,
+        })
+    }
+}
+
+/// The limits under the default flags with the built-in signer (embedded
+/// mode and tests that build [`Settings`] by hand).
+pub fn default_limits() -> meshlite_https::Limits {
+    meshlite_https::Limits {
+        header_read_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT),
+        max_connections: 256,
+    }
+}
+
+/// `--request-timeout-seconds` with the built-in signer: well above the
+/// default 10 s API budget.
+pub const DEFAULT_REQUEST_TIMEOUT: u64 = 30;
+/// `--request-timeout-seconds` with an external signer: above the default
+/// budget of 10 s of API time plus a 30 s signer wait.
+pub const DEFAULT_REQUEST_TIMEOUT_EXTERNAL: u64 = 45;
 
 #[cfg(test)]
 mod tests {
@@ -303,6 +374,31 @@ mod tests {
         };
         assert_eq!(e.ca, EmbeddedCa::Dir("d".into()));
         assert!(e.dns_names.contains(&"localhost".to_string()));
+    }
+
+    #[test]
+    fn the_http_limits_default_to_the_documented_values() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.limits, default_limits());
+        assert_eq!(s.limits.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(s.limits.request_timeout, Duration::from_secs(30));
+        assert_eq!(s.limits.max_connections, 256);
+        let s = parse(&["--no-builtin-signer"]).unwrap();
+        assert_eq!(s.limits.request_timeout, Duration::from_secs(45));
+    }
+
+    #[test]
+    fn the_request_timeout_stays_above_the_signer_wait() {
+        let s = parse(&["--no-builtin-signer", "--signer-wait-seconds", "60"]).unwrap();
+        assert_eq!(s.limits.request_timeout, Duration::from_secs(75));
+        assert!(matches!(
+            parse(&["--no-builtin-signer", "--request-timeout-seconds", "40"]),
+            Err(ConfigError::RequestTimeout {
+                given: 40,
+                budget: 40
+            })
+        ));
+        assert!(parse(&["--request-timeout-seconds", "11"]).is_ok());
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub fn validate(pem: &str, id: &SpiffeId) -> Result<ValidCsr, ApiError> {
             "larger than {MAX_CSR_PEM} bytes"
         )));
     }
-    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+    let block = single_csr_block(pem)?;
+    let der = CertificateSigningRequestDer::from_pem_slice(block.as_bytes())
         .map_err(|e| ApiError::MalformedCsr(format!("no CERTIFICATE REQUEST PEM block: {e}")))?;
     let (rest, csr) = X509CertificationRequest::from_der(der.as_ref())
         .map_err(|e| ApiError::MalformedCsr(format!("not a PKCS#10 request: {e}")))?;
@@ -86,6 +87,33 @@ pub fn validate(pem: &str, id: &SpiffeId) -> Result<ValidCsr, ApiError> {
         key_type,
         public_key: spki.subject_public_key.data.to_vec(),
     })
+}
+
+const CSR_BEGIN: &str = "-----BEGIN CERTIFICATE REQUEST-----";
+const CSR_END: &str = "-----END CERTIFICATE REQUEST-----";
+
+/// The one `CERTIFICATE REQUEST` block that `pem` must consist of, with
+/// nothing around it but whitespace. A PEM reader skips text between blocks
+/// and stops after the first, so without this check junk after the request,
+/// or a second request, would be signed silently.
+fn single_csr_block(pem: &str) -> Result<&str, ApiError> {
+    let block = pem.trim();
+    let Some(rest) = block.strip_prefix(CSR_BEGIN) else {
+        return Err(ApiError::MalformedCsr(format!(
+            "the PEM must start with {CSR_BEGIN}"
+        )));
+    };
+    let Some(inner) = rest.strip_suffix(CSR_END) else {
+        return Err(ApiError::MalformedCsr(format!(
+            "the PEM must end with {CSR_END}, with nothing after it"
+        )));
+    };
+    if inner.contains("-----") {
+        return Err(ApiError::MalformedCsr(
+            "the PEM must hold exactly one CERTIFICATE REQUEST block".into(),
+        ));
+    }
+    Ok(block)
 }
 
 fn key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyType, ApiError> {

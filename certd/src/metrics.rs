@@ -29,6 +29,7 @@ pub struct Metrics {
     ca_not_after: Gauge<i64, AtomicI64>,
     injector_cert: Family<InjectorCertLabels, Counter>,
     naming: Family<ResultLabels, Counter>,
+    http_refusals: meshlite_https::Refusals,
 }
 
 impl Default for Metrics {
@@ -60,12 +61,15 @@ impl Default for Metrics {
             "Secure-naming requests, by result (meshed, unmeshed, mixed, unknown, or the refusal reason)",
             naming.clone(),
         );
+        let http_refusals =
+            meshlite_https::Refusals::register(&mut registry, "http_refusals", "API clients");
         Metrics {
             registry,
             naming,
             requests,
             ca_not_after,
             injector_cert,
+            http_refusals,
         }
     }
 }
@@ -104,6 +108,16 @@ impl Metrics {
         self.injector_cert
             .get(&InjectorCertLabels { result, reason })
             .map_or(0, |c| c.get())
+    }
+
+    /// The API's limits, counting what they shed in `http_refusals`.
+    pub fn gate(&self, limits: meshlite_https::Limits) -> meshlite_https::Gate {
+        meshlite_https::Gate::new(limits, self.http_refusals.clone())
+    }
+
+    /// How many clients the API's limits shed for `reason`.
+    pub fn http_refusals(&self, reason: &'static str) -> u64 {
+        self.http_refusals.get(reason)
     }
 
     pub fn set_ca_not_after(&self, unix_seconds: i64) {

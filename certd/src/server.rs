@@ -121,15 +121,9 @@ impl ResolvesServerCert for ServingCert {
     }
 }
 
-/// A TLS 1.3-only config serving `cert`.
+/// A TLS 1.3-only config serving `cert` (the HTTPS loop's shared policy).
 pub fn tls_config(cert: Arc<ServingCert>) -> Result<ServerConfig, ServerError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(meshlite_https::server_config(cert)?)
 }
 
 #[cfg(test)]

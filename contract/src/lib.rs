@@ -7,6 +7,7 @@
 
 pub mod allow;
 pub mod api;
+pub mod duration;
 pub mod env;
 pub mod identity;
 pub mod naming;

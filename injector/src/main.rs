@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use k8s_openapi::api::core::v1::Namespace;
+use meshlite_contract::duration::parse as parse_duration;
 use meshlite_injector::metrics::Metrics;
 use meshlite_injector::tls::ReloadingCert;
 use meshlite_injector::webhook::KubeNamespaces;
@@ -36,6 +37,18 @@ struct Args {
     /// How often to check the certificate files for changes.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     cert_reload_interval: u64,
+    /// Time a client has for its TLS handshake and each request header; also
+    /// how long an idle keep-alive connection is kept.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// Time from a request's header to its answer; past it the client gets a
+    /// JSON 503. Below the webhook's `timeoutSeconds` (10 in deploy/webhook.yaml),
+    /// so the API server hears a reason rather than its own timeout.
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Connections served at once; more are reset and counted.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
 }
 
 #[tokio::main]
@@ -65,10 +78,20 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("building the Kubernetes client")?;
     let refusal = resolve_legacy_mode(&client, &mut config).await?;
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections 0: must be at least 1"
+    );
+    let metrics = Arc::new(Metrics::default());
+    let gate = metrics.gate(meshlite_https::Limits {
+        header_read_timeout: args.header_read_timeout,
+        request_timeout: args.request_timeout,
+        max_connections: args.max_connections,
+    });
     let hook = Webhook {
         config: Arc::new(config),
         namespaces: Arc::new(KubeNamespaces(kube::Api::<Namespace>::all(client.clone()))),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         refusal: refusal.map(Into::into),
         installed: Arc::new(AtomicBool::new(false)),
     };
@@ -81,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, "serving the admission webhook");
-    meshlite_https::serve(listener, tls, hook.router(), shutdown()).await;
+    meshlite_https::serve(listener, tls, hook.router(), gate, shutdown()).await;
     Ok(())
 }
 
@@ -139,5 +162,30 @@ async fn shutdown() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_limits_answer_before_the_api_server_gives_up() {
+        let args = Args::try_parse_from(["meshlite-injector", "--tls-cert", "c", "--tls-key", "k"])
+            .expect("the required flags are given");
+        let webhook = include_str!("../../deploy/webhook.yaml");
+        let timeout_seconds = webhook
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("timeoutSeconds:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("deploy/webhook.yaml sets timeoutSeconds");
+        assert!(
+            args.request_timeout < Duration::from_secs(timeout_seconds),
+            "--request-timeout {:?} must be below the webhook's timeoutSeconds {timeout_seconds}",
+            args.request_timeout
+        );
+        assert_eq!(args.request_timeout, Duration::from_secs(8));
+        assert_eq!(args.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(args.max_connections, 256);
     }
 }

@@ -15,6 +15,7 @@ struct OutcomeLabels {
 pub struct Metrics {
     registry: Registry,
     reviews: Family<OutcomeLabels, Counter>,
+    http_refusals: meshlite_https::Refusals,
 }
 
 impl Default for Metrics {
@@ -23,16 +24,27 @@ impl Default for Metrics {
         let reviews = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "reviews",
-            "Admission reviews answered, by outcome (injected, skipped_*, ignored, denied, invalid, unreadable, error)",
+            "Admission reviews answered, by outcome (injected, skipped_*, ignored, denied, invalid, unreadable, too_large, error)",
             reviews.clone(),
         );
-        Metrics { registry, reviews }
+        let http_refusals =
+            meshlite_https::Refusals::register(&mut registry, "http_refusals", "Webhook clients");
+        Metrics {
+            registry,
+            reviews,
+            http_refusals,
+        }
     }
 }
 
 impl Metrics {
     pub fn review(&self, outcome: &'static str) {
         self.reviews.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// The webhook's limits, counting what they shed in `http_refusals`.
+    pub fn gate(&self, limits: meshlite_https::Limits) -> meshlite_https::Gate {
+        meshlite_https::Gate::new(limits, self.http_refusals.clone())
     }
 
     /// Prometheus/OpenMetrics text.

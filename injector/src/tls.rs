@@ -99,16 +99,11 @@ impl ReloadingCert {
         }
     }
 
-    /// A TLS 1.3-only server config using this resolver. The API server's Go
-    /// client has spoken TLS 1.3 since Kubernetes 1.13, so nothing older is needed.
+    /// A TLS 1.3-only server config using this resolver (the HTTPS loop's
+    /// shared policy). The API server's Go client has spoken TLS 1.3 since
+    /// Kubernetes 1.13, so nothing older is needed.
     pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut cfg = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(cfg)
+        Ok(meshlite_https::server_config(self.clone())?)
     }
 }
 

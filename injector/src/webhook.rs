@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use k8s_openapi::api::core::v1::Namespace;
@@ -199,12 +199,31 @@ impl Webhook {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz_handler))
             .route("/metrics", get(metrics_handler))
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self)
     }
 }
 
-async fn mutate_handler(State(hook): State<Webhook>, body: Bytes) -> Response {
+async fn mutate_handler(State(hook): State<Webhook>, headers: HeaderMap, body: Body) -> Response {
+    let body = match meshlite_https::read_limited(&headers, body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            // No review can be read, so no uid to answer; JSON all the same,
+            // so the API server logs a reason rather than a bare status.
+            let (status, outcome) = match e {
+                meshlite_https::BodyError::TooLarge(_) => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+                }
+                meshlite_https::BodyError::Read(_) => (StatusCode::BAD_REQUEST, "unreadable"),
+            };
+            hook.metrics.review(outcome);
+            tracing::warn!(outcome, error = %e, "refused an admission request");
+            let body = meshlite_contract::api::ErrorBody {
+                error: outcome.to_string(),
+                message: e.to_string(),
+            };
+            return (status, axum::Json(body)).into_response();
+        }
+    };
     let answer = hook.answer(&body).await;
     match answer {
         Answer::Review(review, label) => {

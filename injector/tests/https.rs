@@ -11,6 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use meshlite_https::Limits;
+use meshlite_https::testing::{Client, Framing};
 use meshlite_injector::InjectorConfig;
 use meshlite_injector::tls::ReloadingCert;
 use meshlite_injector::webhook::MAX_BODY_BYTES;
@@ -22,7 +24,16 @@ struct Server {
     roots: rustls::RootCertStore,
     cert: Arc<ReloadingCert>,
     dir: tempfile::TempDir,
+    metrics: Arc<meshlite_injector::metrics::Metrics>,
 }
+
+/// The injector's default flags: --header-read-timeout 5s,
+/// --request-timeout 8s, --max-connections 256.
+const DEFAULT_LIMITS: Limits = Limits {
+    header_read_timeout: Duration::from_secs(5),
+    request_timeout: Duration::from_secs(8),
+    max_connections: 256,
+};
 
 fn write_cert(dir: &std::path::Path) -> CertificateDer<'static> {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -36,10 +47,14 @@ fn write_cert(dir: &std::path::Path) -> CertificateDer<'static> {
 }
 
 async fn start() -> Server {
-    start_with(webhook(InjectorConfig::default())).await
+    start_with(DEFAULT_LIMITS).await
 }
 
-async fn start_with(hook: meshlite_injector::Webhook) -> Server {
+async fn start_with(limits: Limits) -> Server {
+    start_hook(webhook(InjectorConfig::default()), limits).await
+}
+
+async fn start_hook(hook: meshlite_injector::Webhook, limits: Limits) -> Server {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let der = write_cert(dir.path());
@@ -49,11 +64,13 @@ async fn start_with(hook: meshlite_injector::Webhook) -> Server {
     let tls = cert.server_config().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = hook.router();
+    let metrics = hook.metrics.clone();
+    let gate = metrics.gate(limits);
     tokio::spawn(meshlite_https::serve(
         listener,
         tls,
-        router,
+        hook.router(),
+        gate,
         std::future::pending(),
     ));
     Server {
@@ -61,6 +78,7 @@ async fn start_with(hook: meshlite_injector::Webhook) -> Server {
         roots,
         cert,
         dir,
+        metrics,
     }
 }
 
@@ -156,6 +174,90 @@ async fn oversized_body_is_refused_with_413() {
     assert_eq!(status, 413);
 }
 
+fn raw_client(server: &Server) -> Client {
+    Client::tls(server.addr, server.roots.clone(), "localhost")
+}
+
+fn metrics_text(server: &Server) -> String {
+    server.metrics.encode().unwrap()
+}
+
+/// A body over the limit, sent whole without `Expect`: the client reads a
+/// JSON 413 (not a reset), and the refusal is counted.
+async fn oversized_body_gets_a_json_413(framing: Framing) {
+    let server = start().await;
+    let body = vec![b' '; MAX_BODY_BYTES + 512 * 1024];
+    let answer = raw_client(&server)
+        .request(
+            "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n",
+            &body,
+            Some(framing),
+        )
+        .await
+        .expect("the client reads an answer, not a reset");
+    assert_eq!(answer.status, 413, "{}", answer.head);
+    assert!(
+        answer.head.contains("content-type: application/json"),
+        "{}",
+        answer.head
+    );
+    let json = answer.json();
+    assert_eq!(json["error"], "too_large");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains(&MAX_BODY_BYTES.to_string())
+    );
+    let text = metrics_text(&server);
+    assert!(
+        text.contains(r#"meshlite_injector_reviews_total{outcome="too_large"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_body_with_a_content_length_gets_a_json_413_the_client_reads() {
+    oversized_body_gets_a_json_413(Framing::ContentLength).await;
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_body_gets_a_json_413_the_client_reads() {
+    oversized_body_gets_a_json_413(Framing::Chunked).await;
+}
+
+#[tokio::test]
+async fn a_slowloris_neither_starves_the_webhook_nor_outlives_the_header_timeout() {
+    // The connection cap sits above the slow clients here, so this shows the
+    // header timeout at work; the cap itself is the gate's own test.
+    let server = start_with(Limits {
+        header_read_timeout: Duration::from_secs(2),
+        max_connections: 1024,
+        ..DEFAULT_LIMITS
+    })
+    .await;
+    let client = raw_client(&server);
+    let slow = client.slowloris(300, Duration::from_secs(60)).await;
+    assert_eq!(slow.open, 300, "every slow client got its half header in");
+    // While they hold their connections, a good client is served.
+    let body = std::fs::read(fixture_path("deployment_pod.json")).unwrap();
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(20),
+        request(&server, "POST", "/mutate", body),
+    )
+    .await
+    .expect("the good client is answered during the slowloris")
+    .unwrap();
+    assert_eq!(status, 200);
+    // The header timeout closes every slow connection, and counts it.
+    assert_eq!(slow.closed_by_server().await, 300);
+    let text = metrics_text(&server);
+    assert!(
+        text.contains(r#"meshlite_injector_http_refusals_total{reason="header_timeout"} 300"#),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_rotated_certificate_is_served_after_reload() {
     let server = start().await;
@@ -180,7 +282,7 @@ async fn readyz_fails_naming_the_missing_webhook_configuration_until_it_exists()
     let hook = webhook(InjectorConfig::default());
     hook.installed.store(false, Ordering::Relaxed);
     let installed = hook.installed.clone();
-    let server = start_with(hook).await;
+    let server = start_hook(hook, DEFAULT_LIMITS).await;
     let (code, body) = request(&server, "GET", "/readyz", vec![]).await.unwrap();
     let body = String::from_utf8(body).unwrap();
     assert_eq!(code, 503, "{body}");

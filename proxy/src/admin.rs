@@ -4,6 +4,17 @@
 //! `/ready` is true only while the proxy holds a valid workload certificate and
 //! is not draining. `/shutdown` (POST) starts a graceful shutdown: that is how a
 //! Job's last container ends the proxy in legacy (non-native-sidecar) mode.
+//!
+//! Who can reach what: the port listens on every address and is exempt from
+//! the redirect, so anyone who can reach the pod can read `/live`, `/ready`,
+//! `/metrics` and the `/app-health/` probes (the kubelet probes from the
+//! node). Anything else, `/shutdown` and any future state-changing request,
+//! is answered only for a peer on loopback, which in the pod's network
+//! namespace means a container of the pod; others get 403, logged and counted
+//! as `meshlite_admin_refusals_total{reason="not_loopback"}`.
+//!
+//! The server runs under its own [`Gate`] (header-read and request timeouts,
+//! a connection cap): shedding admin clients never touches the data plane.
 
 use crate::probe::AppProbes;
 use crate::proxy::Ctx;
@@ -11,7 +22,8 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use meshlite_https::Gate;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
@@ -34,14 +46,36 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Whether a request may be served to `peer`: reading is open to everyone,
+/// anything else only to the pod itself.
+fn allowed(method: &Method, peer: SocketAddr) -> bool {
+    matches!(*method, Method::GET | Method::HEAD) || peer.ip().to_canonical().is_loopback()
+}
+
 async fn route(
     req: Request<Incoming>,
+    peer: SocketAddr,
     ctx: &Ctx,
     probes: &AppProbes,
     shutdown: &CancellationToken,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    match (req.method(), path) {
+    if !allowed(req.method(), peer) {
+        ctx.metrics.admin_refusals.inc("not_loopback");
+        tracing::warn!(%peer, method = %req.method(), path, reason = "not_loopback",
+            "refused an admin request that changes state from outside the pod");
+        return text(
+            StatusCode::FORBIDDEN,
+            "only GET and HEAD are served to peers outside the pod\n",
+        );
+    }
+    // HEAD is answered like GET; hyper sends the headers without the body.
+    let method = if req.method() == Method::HEAD {
+        &Method::GET
+    } else {
+        req.method()
+    };
+    match (method, path) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") => match ready(ctx) {
             Ok(()) => text(StatusCode::OK, "ready\n"),
@@ -86,8 +120,9 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: Cancel
         }
     };
     let probes = Arc::new(probes);
+    let gate = Gate::new(ctx.config.admin_limits, ctx.metrics.admin_refusals.clone());
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -95,23 +130,48 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: Cancel
                 continue;
             }
         };
+        let Some((tcp, slot)) = gate.admit(tcp, peer) else {
+            continue;
+        };
         let ctx = ctx.clone();
         let probes = probes.clone();
         let shutdown = shutdown.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 let probes = probes.clone();
                 let shutdown = shutdown.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(route(req, &ctx, &probes, &shutdown).await)
+                    Ok::<_, std::convert::Infallible>(
+                        route(req, peer, &ctx, &probes, &shutdown).await,
+                    )
                 }
             });
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection error");
-            }
+            gate.serve_http1(tcp, peer, svc).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_are_served_to_peers_outside_the_pod() {
+        let outside: SocketAddr = ([10, 0, 0, 7], 40000).into();
+        let inside: SocketAddr = ([127, 0, 0, 1], 40000).into();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().expect("static address");
+        assert!(allowed(&Method::GET, outside));
+        assert!(allowed(&Method::HEAD, outside));
+        assert!(!allowed(&Method::POST, outside));
+        assert!(!allowed(&Method::PUT, outside));
+        assert!(allowed(&Method::POST, inside));
+        assert!(allowed(&Method::POST, mapped));
+        assert!(allowed(
+            &Method::POST,
+            "[::1]:1".parse().expect("static address")
+        ));
     }
 }

@@ -124,6 +124,8 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     pub outbound: Option<OutboundConfig>,
     pub admin: Option<SocketAddr>,
+    /// The admin server's own limits, apart from the data plane's.
+    pub admin_limits: meshlite_https::Limits,
     pub timeouts: Timeouts,
     /// Connections open at once, both directions together. Past this, new
     /// connections are closed immediately and counted.
@@ -164,6 +166,7 @@ impl Config {
                 mode: OutboundMode::Permissive,
             }),
             admin: Some(lo),
+            admin_limits: ADMIN_LIMITS,
             timeouts: Timeouts::default(),
             max_connections: 4096,
             fallback_ttl: Duration::from_secs(60),
@@ -177,38 +180,24 @@ impl Config {
     }
 }
 
-/// Parses `500ms`, `5s`, `10m`, `1h` (and a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 10m, 1h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
-    };
-    Ok(d)
-}
+/// The admin server's default limits (`--admin-header-read-timeout`,
+/// `--admin-request-timeout`, `--admin-max-connections`). The request timeout
+/// covers the slowest handler, an application probe. 64 connections are ample
+/// for the kubelet's probes and a scraper; past them the admin port sheds load
+/// alone and the data plane's `--max-connections` is untouched.
+pub const ADMIN_LIMITS: meshlite_https::Limits = meshlite_https::Limits {
+    header_read_timeout: Duration::from_secs(5),
+    request_timeout: Duration::from_secs(30),
+    max_connections: 64,
+};
+
+/// Durations on the command line (`500ms`, `5s`, `10m`, `1h`): the same
+/// syntax in every meshlite binary.
+pub use meshlite_contract::duration::parse as parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units_and_reject_garbage() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5 s").is_err());
-        assert!(parse_duration("ms").is_err());
-        assert!(parse_duration("1d").unwrap_err().contains("unit"));
-    }
 
     #[test]
     fn outbound_mode_parses_known_values_only() {

@@ -11,6 +11,9 @@
 //!   certificate stays in use.
 //! - The trust bundle comes from certd's answer, and also from the mounted
 //!   ConfigMap file, which is re-read so a CA rotation reaches running proxies.
+//!   A file that cannot be used (unreadable, no certificates, or a block that
+//!   is not a certificate) is logged and counted by its path, and the last
+//!   good bundle stays in use, for renewal too: certd is verified with it.
 //!
 //! Scheduling is decided by the pure functions [`refresh_in`] and [`backoff`].
 
@@ -65,6 +68,8 @@ pub enum RequestError {
     },
     #[error("the trust bundle {0} holds no certificates")]
     EmptyBundle(PathBuf),
+    #[error("the trust bundle {path} is not valid: {reason}")]
+    BadBundle { path: PathBuf, reason: String },
     #[error("invalid certd URL {0}: expected https://host[:port]")]
     Url(String),
     #[error("generating the key or CSR: {0}")]
@@ -94,7 +99,9 @@ impl RequestError {
     pub fn label(&self) -> &'static str {
         match self {
             RequestError::Token { .. } => "token_unreadable",
-            RequestError::Bundle { .. } | RequestError::EmptyBundle(_) => "bundle_unreadable",
+            RequestError::Bundle { .. }
+            | RequestError::EmptyBundle(_)
+            | RequestError::BadBundle { .. } => "bundle_unreadable",
             RequestError::Url(_) | RequestError::Csr(_) => "config",
             RequestError::Connect(_) | RequestError::Http(_) | RequestError::Timeout => {
                 "unreachable"
@@ -137,18 +144,64 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
         .max(retry_after.unwrap_or_default().min(BACKOFF_MAX))
 }
 
-fn read_bundle(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, RequestError> {
+/// Reads the mounted trust bundle and checks every certificate in it, so a
+/// bad file is named as such rather than surfacing later as a TLS error.
+pub(crate) fn read_bundle(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, RequestError> {
     let pem = std::fs::read(path).map_err(|source| RequestError::Bundle {
         path: path.clone(),
         source,
     })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect();
+    let bad = |reason: String| RequestError::BadBundle {
+        path: path.clone(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
     if certs.is_empty() {
         return Err(RequestError::EmptyBundle(path.clone()));
     }
+    for (i, cert) in certs.iter().enumerate() {
+        webpki::anchor_from_trusted_cert(cert)
+            .map_err(|e| bad(format!("certificate {}: {e:?}", i + 1)))?;
+    }
     Ok(certs)
+}
+
+/// The `reason` label of a rejected trust-bundle file.
+fn bundle_reason(e: &RequestError) -> &'static str {
+    match e {
+        RequestError::Bundle { .. } => "unreadable",
+        RequestError::EmptyBundle(_) => "no_certificates",
+        _ => "invalid_certificate",
+    }
+}
+
+/// The mounted trust bundle if it is good, remembered as the last good one;
+/// otherwise the last good one, with the bad file logged and counted. Only
+/// a proxy that never had a good bundle fails here.
+fn current_bundle(
+    path: &PathBuf,
+    last_good: &mut Option<Vec<CertificateDer<'static>>>,
+    metrics: &Metrics,
+) -> Result<Vec<CertificateDer<'static>>, RequestError> {
+    match read_bundle(path) {
+        Ok(roots) => {
+            *last_good = Some(roots.clone());
+            Ok(roots)
+        }
+        Err(e) => {
+            metrics.bundle_file_rejected(path, bundle_reason(&e));
+            match last_good {
+                Some(roots) => {
+                    tracing::warn!(file = %path.display(), error = %e,
+                        "ignoring the mounted trust bundle; keeping the last good one");
+                    Ok(roots.clone())
+                }
+                None => Err(e),
+            }
+        }
+    }
 }
 
 fn pem_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, RequestError> {
@@ -180,11 +233,12 @@ fn certd_tls(roots: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConf
 }
 
 /// POSTs `body` (JSON) to certd's `path` with the workload's token, over
-/// TLS 1.3 verified against the mounted trust bundle, within `timeout`.
-/// Answers the status, any `Retry-After`, and the body (at most
-/// [`MAX_RESPONSE_BYTES`]). The certificate and the naming client share it.
+/// TLS 1.3 verified against `roots`, within `timeout`. Answers the status,
+/// any `Retry-After`, and the body (at most [`MAX_RESPONSE_BYTES`]). The
+/// certificate and the naming client share it.
 pub(crate) async fn post(
     cfg: &ClientConfig,
+    roots: &[CertificateDer<'static>],
     path: &'static str,
     body: Vec<u8>,
     timeout: Duration,
@@ -193,7 +247,6 @@ pub(crate) async fn post(
         path: cfg.token_file.clone(),
         source,
     })?;
-    let roots = read_bundle(&cfg.bundle_file)?;
     let host = cfg
         .url
         .host()
@@ -205,7 +258,7 @@ pub(crate) async fn post(
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
     let server_name = ServerName::try_from(bare_host.to_string())
         .map_err(|_| RequestError::Url(cfg.url.to_string()))?;
-    let tls = certd_tls(&roots)?;
+    let tls = certd_tls(roots)?;
 
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect((bare_host, port))
@@ -269,15 +322,20 @@ pub(crate) fn refused(
     }
 }
 
-/// Asks certd for one certificate with a fresh in-memory key.
-pub async fn request(cfg: &ClientConfig) -> Result<Credentials, RequestError> {
+/// Asks certd, verified against `roots`, for one certificate with a fresh
+/// in-memory key.
+pub async fn request(
+    cfg: &ClientConfig,
+    roots: &[CertificateDer<'static>],
+) -> Result<Credentials, RequestError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.subject_alt_names = vec![SanType::URI(cfg.identity.to_uri().as_str().try_into()?)];
     let csr = params.serialize_request(&key)?.pem()?;
     let body = serde_json::to_vec(&CertificateRequest { csr })
         .map_err(|e| RequestError::Http(e.to_string()))?;
-    let (status, retry_after, bytes) = post(cfg, CERTIFICATES_PATH, body, cfg.timeout).await?;
+    let (status, retry_after, bytes) =
+        post(cfg, roots, CERTIFICATES_PATH, body, cfg.timeout).await?;
 
     if !status.is_success() {
         return Err(refused(status, retry_after, &bytes));
@@ -308,6 +366,7 @@ pub async fn run(
     // The last issued chain and key, to re-publish with a new bundle.
     let mut last: Option<(Vec<CertificateDer<'static>>, Vec<u8>)> = None;
     let mut last_bundle = std::fs::read(&cfg.bundle_file).ok();
+    let mut good_roots = None;
     let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -318,7 +377,14 @@ pub async fn run(
                 let now = std::fs::read(&cfg.bundle_file).ok();
                 if now != last_bundle {
                     last_bundle = now;
-                    if let (Some((chain, key)), Ok(roots)) = (&last, read_bundle(&cfg.bundle_file)) {
+                    let fresh = read_bundle(&cfg.bundle_file);
+                    if let Err(e) = &fresh {
+                        metrics.bundle_file_rejected(&cfg.bundle_file, bundle_reason(e));
+                        tracing::warn!(file = %cfg.bundle_file.display(), error = %e,
+                            "the mounted trust bundle changed to something unusable; keeping the last good one");
+                    }
+                    if let (Some((chain, key)), Ok(roots)) = (&last, fresh) {
+                        good_roots = Some(roots.clone());
                         let creds = Credentials {
                             chain: chain.clone(),
                             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
@@ -330,7 +396,12 @@ pub async fn run(
                 continue;
             }
         }
-        match request(&cfg).await.and_then(|creds| {
+        let roots = current_bundle(&cfg.bundle_file, &mut good_roots, &metrics);
+        let requested = match roots {
+            Ok(roots) => request(&cfg, &roots).await,
+            Err(e) => Err(e),
+        };
+        match requested.and_then(|creds| {
             let chain = creds.chain.clone();
             let key = match &creds.key {
                 PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),

@@ -73,9 +73,20 @@ struct RunArgs {
     /// Do not run the inbound listener.
     #[arg(long)]
     no_inbound: bool,
-    /// Admin listen address (/live, /ready, /metrics).
+    /// Admin listen address (/live, /ready, /metrics; /shutdown from loopback only).
     #[arg(long, default_value = "0.0.0.0:15020")]
     admin_listen: SocketAddr,
+    /// Time an admin client has for each request header; also how long an
+    /// idle admin connection is kept.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    admin_header_read_timeout: Duration,
+    /// Time from an admin request's header to its answer (503 past it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    admin_request_timeout: Duration,
+    /// Admin connections served at once; more are reset and counted. Apart
+    /// from --max-connections, so the admin port cannot starve the data plane.
+    #[arg(long, default_value_t = 64)]
+    admin_max_connections: usize,
     /// certd's URL: get and renew the certificate from certd (cluster mode).
     #[arg(long, env = env::CERTD_URL, conflicts_with_all = ["cert", "key"], requires = "trust_bundle")]
     certd_url: Option<http::Uri>,
@@ -225,6 +236,11 @@ impl RunArgs {
             inbound,
             outbound,
             admin: Some(self.admin_listen),
+            admin_limits: meshlite_https::Limits {
+                header_read_timeout: self.admin_header_read_timeout,
+                request_timeout: self.admin_request_timeout,
+                max_connections: self.admin_max_connections,
+            },
             timeouts: Timeouts {
                 detect: self.detect_timeout,
                 connect: self.connect_timeout,
@@ -326,5 +342,25 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_limit_flags_default_to_the_documented_values() {
+        let cli =
+            Cli::try_parse_from(["meshlite-proxy", "run"]).expect("run takes no required flag");
+        let Command::Run(args) = cli.command else {
+            panic!("the run subcommand")
+        };
+        let limits = meshlite_https::Limits {
+            header_read_timeout: args.admin_header_read_timeout,
+            request_timeout: args.admin_request_timeout,
+            max_connections: args.admin_max_connections,
+        };
+        assert_eq!(limits, meshlite_proxy::config::ADMIN_LIMITS);
     }
 }

@@ -100,10 +100,20 @@ pub struct Metrics {
     pub naming_lookups: Family<ResultLabels, Counter>,
     pub naming_fallback: Family<NamingReason, Counter>,
     pub naming_cache_size: Gauge,
+    /// `not_loopback`, or one of the gate's reasons (`header_timeout`, ...).
+    pub admin_refusals: meshlite_https::Refusals,
+    pub bundle_file_rejections: Family<FileLabels, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct NamingReason {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FileLabels {
+    /// The path of the file, as configured: one series per mounted file.
+    pub file: String,
     pub reason: &'static str,
 }
 
@@ -133,6 +143,8 @@ impl Metrics {
             naming_lookups: Family::default(),
             naming_fallback: Family::default(),
             naming_cache_size: Gauge::default(),
+            admin_refusals: meshlite_https::Refusals::default(),
+            bundle_file_rejections: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -217,7 +229,23 @@ impl Metrics {
             "Destinations whose secure-naming answers are held",
             m.naming_cache_size.clone(),
         );
-        Metrics { registry, ..m }
+        registry.register(
+            "trust_bundle_file_rejections",
+            "Reads of the mounted trust-bundle file that were unusable, by file and reason; \
+             the last good bundle stays in use",
+            m.bundle_file_rejections.clone(),
+        );
+        let admin_refusals = meshlite_https::Refusals::register(
+            &mut registry,
+            "admin_refusals",
+            "Admin port requests (not_loopback: a state change asked from outside the pod) \
+             and connections",
+        );
+        Metrics {
+            registry,
+            admin_refusals,
+            ..m
+        }
     }
 
     /// Renders the Prometheus text exposition.
@@ -231,6 +259,16 @@ impl Metrics {
     pub fn refuse(&self, direction: Direction, reason: &'static str) {
         self.refused
             .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+
+    /// The trust-bundle file at `path` could not be used, for `reason`.
+    pub fn bundle_file_rejected(&self, path: &std::path::Path, reason: &'static str) {
+        self.bundle_file_rejections
+            .get_or_create(&FileLabels {
+                file: path.display().to_string(),
+                reason,
+            })
             .inc();
     }
 

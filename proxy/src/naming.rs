@@ -174,8 +174,11 @@ pub fn decide(answer: &NamingResponse) -> Result<Decision, NamingError> {
 pub async fn ask(cfg: &ClientConfig, dst: SocketAddr) -> Result<NamingResponse, NamingError> {
     let body = serde_json::to_vec(&NamingRequest { addr: dst })
         .map_err(|e| NamingError::Decode(e.to_string()))?;
+    // The mounted bundle as it is now: a bad file fails this ask, which falls
+    // back to the answers held, then to counted detection.
+    let roots = crate::identity_client::read_bundle(&cfg.bundle_file)?;
     let (status, retry_after, bytes) =
-        post(cfg, NAMING_PATH, body, ASK_TIMEOUT.min(cfg.timeout)).await?;
+        post(cfg, &roots, NAMING_PATH, body, ASK_TIMEOUT.min(cfg.timeout)).await?;
     if !status.is_success() {
         return Err(refused(status, retry_after, &bytes).into());
     }

@@ -201,7 +201,12 @@ impl Proxy {
     /// Creates a proxy. Credentials come from `config.creds`, or, for
     /// [`CredSource::External`], from whoever holds a clone of [`Proxy::creds`].
     pub fn new(config: Config) -> Self {
-        let creds = CredStore::with_options(config.trust_domain.clone(), config.tls);
+        let creds = CredStore::with_options(config.trust_domain.clone(), config.tls).for_roles(
+            crate::tls::Roles {
+                inbound: config.inbound.is_some(),
+                outbound: config.outbound.is_some(),
+            },
+        );
         Proxy {
             config,
             creds,

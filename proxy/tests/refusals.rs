@@ -228,3 +228,106 @@ async fn credentials_that_do_not_verify_are_never_published() {
     assert_eq!(store.publish(mismatched).unwrap_err().label(), "bad_key");
     assert!(store.current().is_none(), "nothing invalid was published");
 }
+
+#[tokio::test]
+async fn a_direction_only_certificate_serves_that_direction_and_names_what_is_missing() {
+    use meshlite_proxy::tls::{CredError, CredStore, Roles};
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let ca = TestCa::new("mesh root");
+    let hour = std::time::Duration::from_secs(3600);
+    let client_only =
+        || ca.credentials_for(&LeafSpec::spiffe(CLIENT_ID, hour).with_usages(vec![ClientAuth]));
+    let server_only =
+        || ca.credentials_for(&LeafSpec::spiffe(SERVER_ID, hour).with_usages(vec![ServerAuth]));
+    let outbound = Roles {
+        inbound: false,
+        outbound: true,
+    };
+    let inbound = Roles {
+        inbound: true,
+        outbound: false,
+    };
+
+    // Each direction-only certificate is good for its own direction...
+    assert!(
+        CredStore::new(td())
+            .for_roles(outbound)
+            .publish(client_only())
+            .is_ok()
+    );
+    assert!(
+        CredStore::new(td())
+            .for_roles(inbound)
+            .publish(server_only())
+            .is_ok()
+    );
+    // ...and for the other one it is refused with the usage it lacks, not
+    // blamed on the trust bundle.
+    let err = CredStore::new(td())
+        .for_roles(inbound)
+        .publish(client_only())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CredError::WrongUsage {
+                usage: "serverAuth",
+                direction: "inbound"
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.label(), "wrong_key_usage");
+    assert!(!err.to_string().contains("does not verify"), "{err}");
+    let err = CredStore::new(td())
+        .for_roles(outbound)
+        .publish(server_only())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CredError::WrongUsage {
+                usage: "clientAuth",
+                direction: "outbound"
+            }
+        ),
+        "{err}"
+    );
+    // A proxy running both directions needs both usages.
+    let err = CredStore::new(td()).publish(client_only()).unwrap_err();
+    assert_eq!(err.label(), "wrong_key_usage", "{err}");
+}
+
+#[tokio::test]
+async fn an_outbound_only_proxy_with_a_client_only_certificate_carries_mtls() {
+    use meshlite_proxy::Config;
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let ca = TestCa::new("mesh root");
+    let hour = std::time::Duration::from_secs(3600);
+    let server = start(
+        Config::explicit(td(), None, Some(echo_server().await)),
+        Some(ca.credentials_for(&LeafSpec::spiffe(SERVER_ID, hour).with_usages(vec![ServerAuth]))),
+    )
+    .await;
+    let client = start(
+        Config::explicit(td(), Some(server.inbound.unwrap()), None),
+        Some(ca.credentials_for(&LeafSpec::spiffe(CLIENT_ID, hour).with_usages(vec![ClientAuth]))),
+    )
+    .await;
+    assert_eq!(
+        round_trip(client.outbound.unwrap(), b"direction-only")
+            .await
+            .unwrap(),
+        b"direction-only"
+    );
+    let text = server.metrics_text();
+    assert_eq!(
+        metric(
+            &text,
+            "meshlite_mtls_connections_total",
+            &[r#"direction="inbound""#]
+        ),
+        1.0,
+        "{text}"
+    );
+}

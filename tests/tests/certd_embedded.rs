@@ -1,15 +1,21 @@
 //! certd in embedded mode: the same HTTPS API with the signer in-process and a
-//! static token file, configured through the real command line.
+//! static token file, configured through the real command line; and the
+//! API's HTTP limits (a slowloris, bodies over the limit).
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
 use clap::Parser as _;
+use meshlite_certd::api::MAX_BODY;
 use meshlite_certd::app::{self, CA_DIR_CERT, CA_DIR_KEY};
 use meshlite_certd::ca::verify_workload_chain;
 use meshlite_certd::client::{ClientError, Target, get_raw, request_certificate};
 use meshlite_certd::config::{Args, Mode};
 use meshlite_contract::SpiffeId;
+use meshlite_https::testing::{Client, Framing};
 use meshlite_tests::fake_apiserver::certd::csr_for;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use std::time::Duration;
 
 async fn start(dir: &std::path::Path, extra: &[&str]) -> app::Running {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -147,4 +153,96 @@ async fn embedded_mode_reuses_the_ca_in_its_directory_and_refuses_unknown_tokens
         err.refusal().map(|(s, b)| (s, b.error.clone())),
         Some((403, "identity_mismatch".into()))
     );
+}
+
+fn raw_client(certd: &app::Running) -> Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(certd.bundle_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    Client::tls(certd.addr, roots, "localhost")
+}
+
+fn target(certd: &app::Running) -> Target {
+    Target {
+        addr: certd.addr,
+        server_name: "localhost".into(),
+        roots_pem: certd.bundle_pem(),
+    }
+}
+
+#[tokio::test]
+async fn a_slowloris_neither_starves_certd_nor_outlives_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // The connection cap sits above the slow clients, so this shows the
+    // header timeout at work (the cap is the gate's own test).
+    let certd = start(
+        dir.path(),
+        &[
+            "--header-read-timeout-seconds",
+            "2",
+            "--max-connections",
+            "1024",
+        ],
+    )
+    .await;
+    let slow = raw_client(&certd)
+        .slowloris(300, Duration::from_secs(60))
+        .await;
+    assert_eq!(slow.open, 300, "every slow client got its half header in");
+    // While they hold their connections, a proxy still gets its certificate.
+    let (_key, pem) = csr_for(&cart());
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        request_certificate(&target(&certd), "cart-token", &pem),
+    )
+    .await
+    .expect("the good client is answered during the slowloris")
+    .unwrap();
+    assert_eq!(answer.spiffe_id, cart().to_uri());
+    // The header timeout closes every slow connection, and counts it.
+    assert_eq!(slow.closed_by_server().await, 300);
+    assert_eq!(certd.metrics.http_refusals("header_timeout"), 300);
+    let text = certd.metrics.encode().unwrap();
+    assert!(
+        text.contains(r#"meshlite_certd_http_refusals_total{reason="header_timeout"} 300"#),
+        "{text}"
+    );
+}
+
+/// A body over the limit, sent whole without `Expect`: the client reads the
+/// JSON 413 (not a reset), and the refusal is counted.
+async fn oversized_body_gets_a_json_413(framing: Framing) {
+    let dir = tempfile::tempdir().unwrap();
+    let certd = start(dir.path(), &[]).await;
+    let body = vec![b' '; 1024 * 1024];
+    let answer = raw_client(&certd)
+        .request(
+            "POST /v1/certificates HTTP/1.1\r\nHost: localhost\r\n\
+             Authorization: Bearer cart-token\r\nContent-Type: application/json\r\n",
+            &body,
+            Some(framing),
+        )
+        .await
+        .expect("the client reads an answer, not a reset");
+    assert_eq!(answer.status, 413, "{}", answer.head);
+    let json = answer.json();
+    assert_eq!(json["error"], "too_large");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains(&MAX_BODY.to_string())
+    );
+    assert_eq!(certd.metrics.requests("too_large"), 1);
+}
+
+#[tokio::test]
+async fn an_oversized_body_with_a_content_length_gets_a_json_413_the_client_reads() {
+    oversized_body_gets_a_json_413(Framing::ContentLength).await;
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_body_gets_a_json_413_the_client_reads() {
+    oversized_body_gets_a_json_413(Framing::Chunked).await;
 }

@@ -123,6 +123,7 @@ impl Mesh {
         };
         let settings = Settings {
             listen: (HUB_IP.parse::<std::net::IpAddr>().unwrap(), CERTD_PORT).into(),
+            limits: meshlite_certd::config::default_limits(),
             trust_domain: TrustDomain::default(),
             // Eight-second certificates: the proxies renew every few seconds,
             // so the test sees rotations under traffic.

@@ -41,33 +41,41 @@ fn renewals_ok(text: &str) -> f64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_lived_certificates_rotate_under_traffic_with_zero_failed_connections() {
+/// Embedded certd issuing [`LIFETIME`] certificates, with tokens for the
+/// `client` and `server` service accounts, its CA in `dir/ca`.
+async fn start_certd(dir: &Path) -> (meshlite_certd::app::Running, http::Uri) {
     meshlite_proxy::tls::install_provider();
-    let dir = tempfile::tempdir().unwrap();
     std::fs::write(
-        dir.path().join("tokens"),
+        dir.join("tokens"),
         "token-client shop client\ntoken-server shop server\n",
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let embedded = EmbeddedSettings {
-        ca: EmbeddedCa::Dir(dir.path().join("ca")),
-        tokens_file: dir.path().join("tokens"),
+        ca: EmbeddedCa::Dir(dir.join("ca")),
+        tokens_file: dir.join("tokens"),
         dns_names: vec![],
         ips: vec![addr.ip()],
     };
     let settings = Settings {
         listen: addr,
+        limits: meshlite_certd::config::default_limits(),
         trust_domain: TrustDomain::default(),
         lifetime: meshlite_certd::approval::Lifetime::for_tests(LIFETIME),
         mode: Mode::Embedded(embedded.clone()),
     };
-    let _certd = meshlite_certd::app::start_embedded(&settings, &embedded, listener)
+    let certd = meshlite_certd::app::start_embedded(&settings, &embedded, listener)
         .await
         .unwrap();
     let url: http::Uri = format!("https://{addr}").parse().unwrap();
+    (certd, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_rotate_under_traffic_with_zero_failed_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_certd, url) = start_certd(dir.path()).await;
 
     let mut cfg = Config::explicit(TrustDomain::default(), None, Some(echo_server().await));
     cfg.creds = certd_source(dir.path(), &url, "server");
@@ -169,5 +177,67 @@ async fn short_lived_certificates_rotate_under_traffic_with_zero_failed_connecti
         seen.len() >= 4,
         "only {} certificate generations seen",
         seen.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_trust_bundle_file_does_not_stop_renewal_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_certd, url) = start_certd(dir.path()).await;
+    // The proxy's own copy of the bundle, as a mounted ConfigMap would be.
+    let bundle = dir.path().join("mounted-bundle.pem");
+    std::fs::copy(
+        dir.path().join("ca").join(meshlite_certd::app::CA_DIR_CERT),
+        &bundle,
+    )
+    .unwrap();
+    let mut cfg = Config::explicit(TrustDomain::default(), None, Some(echo_server().await));
+    cfg.creds = match certd_source(dir.path(), &url, "server") {
+        CredSource::Certd(c) => CredSource::Certd(ClientConfig {
+            bundle_file: bundle.clone(),
+            ..c
+        }),
+        other => other,
+    };
+    cfg.reload_interval = Duration::from_millis(100);
+    let proxy = Proxy::new(cfg).bind().await.unwrap();
+    let (creds, metrics) = (proxy.creds().clone(), proxy.metrics().clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(proxy.run(async move { s.cancelled().await }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while creds.current().is_none() {
+        assert!(Instant::now() < deadline, "no certificate from certd");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A CERTIFICATE block whose contents are not a certificate.
+    std::fs::write(
+        &bundle,
+        "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let before = renewals_ok(&metrics.encode());
+    // Four-second certificates renew every two seconds or so: two more
+    // renewals show renewal goes on with the last good bundle.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while renewals_ok(&metrics.encode()) < before + 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "renewal stopped after the bundle file went bad: {}",
+            metrics.encode()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = metrics.encode();
+    stop.cancel();
+    let series = format!(
+        "meshlite_trust_bundle_file_rejections_total{{file=\"{}\",reason=\"invalid_certificate\"}}",
+        bundle.display()
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with(&series)),
+        "no rejection naming {}: {text}",
+        bundle.display()
     );
 }

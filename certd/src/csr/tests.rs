@@ -157,3 +157,45 @@ mod props {
         }
     }
 }
+
+fn malformed_reason(pem: &str) -> String {
+    match validate(pem, &id("a", "b")) {
+        Err(e @ ApiError::MalformedCsr(_)) => {
+            assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+            assert_eq!(e.label(), "malformed_csr");
+            e.to_string()
+        }
+        other => panic!("expected malformed_csr, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_csr_pem_with_trailing_junk_is_malformed() {
+    let pem = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256, vec![]);
+    assert!(
+        validate(&pem, &id("a", "b")).is_ok(),
+        "the CSR itself is fine"
+    );
+    let why = malformed_reason(&format!("{pem}trailing junk\n"));
+    assert!(why.contains("nothing after it"), "{why}");
+    malformed_reason(&format!("junk before\n{pem}"));
+}
+
+#[test]
+fn two_csrs_in_one_pem_are_malformed() {
+    let first = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256, vec![]);
+    let second = csr_for(&rcgen::PKCS_ED25519, vec![]);
+    let why = malformed_reason(&format!("{first}\n{second}"));
+    assert!(why.contains("exactly one"), "{why}");
+}
+
+#[test]
+fn whitespace_around_the_block_is_accepted() {
+    let pem = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256, vec![]);
+    assert!(validate(&format!("\n  {pem}\n\n"), &id("a", "b")).is_ok());
+}
+
+#[test]
+fn overlapping_markers_are_malformed_not_a_panic() {
+    malformed_reason("-----BEGIN CERTIFICATE REQUEST-----END CERTIFICATE REQUEST-----");
+}

@@ -29,6 +29,8 @@ pub struct LeafSpec {
     pub uris: Vec<String>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// Extended key usages; empty leaves the extension out.
+    pub usages: Vec<ExtendedKeyUsagePurpose>,
 }
 
 impl LeafSpec {
@@ -39,7 +41,17 @@ impl LeafSpec {
             uris: vec![id.to_string()],
             not_before: now - time::Duration::hours(1),
             not_after: now + lifetime,
+            usages: vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         }
+    }
+
+    /// The same leaf with only these extended key usages.
+    pub fn with_usages(mut self, usages: Vec<ExtendedKeyUsagePurpose>) -> Self {
+        self.usages = usages;
+        self
     }
 
     /// Already expired.
@@ -49,6 +61,10 @@ impl LeafSpec {
             uris: vec![id.to_string()],
             not_before: now - time::Duration::hours(2),
             not_after: now - time::Duration::hours(1),
+            usages: vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         }
     }
 }
@@ -101,10 +117,7 @@ impl TestCa {
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = spec.usages.clone();
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("signing a leaf works");

@@ -4,7 +4,13 @@
 //! Sources (files on disk, or certd) call [`CredStore::publish`], which validates
 //! the credentials completely before anything sees them: the key matches the
 //! leaf, the chain verifies against the bundle, the leaf carries one SPIFFE ID in
-//! our trust domain, and it has not expired. Until the first publish the store is
+//! our trust domain, and it has not expired.
+//!
+//! The leaf must be good for the directions the proxy runs ([`Roles`]):
+//! `serverAuth` to accept inbound mTLS, `clientAuth` to originate outbound
+//! mTLS. A direction-only certificate is accepted for a proxy that runs only
+//! that direction (a leaf without the EKU extension is good for both, as
+//! RFC 5280 has it); a missing usage is refused with an error naming it. Until the first publish the store is
 //! empty, every handshake fails closed, and the proxy is not ready.
 
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier, leaf_info};
@@ -12,7 +18,7 @@ use super::{TlsOptions, VERSIONS, provider_with};
 use meshlite_contract::{ALPN, SpiffeId, TrustDomain};
 use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::{ParsedCertificate, ProducesTickets, WebPkiClientVerifier};
+use rustls::server::{ProducesTickets, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::sync::Arc;
@@ -51,6 +57,14 @@ pub enum CredError {
     WrongTrustDomain { id: SpiffeId, expected: TrustDomain },
     #[error("the certificate does not verify against the trust bundle: {0}")]
     Untrusted(rustls::Error),
+    #[error(
+        "the certificate's extended key usage lacks {usage}, which the {direction} \
+         side needs; its chain and the trust bundle are fine"
+    )]
+    WrongUsage {
+        usage: &'static str,
+        direction: &'static str,
+    },
     #[error("building the TLS config failed: {0}")]
     Config(rustls::Error),
 }
@@ -64,6 +78,7 @@ impl CredError {
             CredError::BadKey(_) | CredError::KeyMismatch => "bad_key",
             CredError::WrongTrustDomain { .. } => "wrong_trust_domain",
             CredError::Untrusted(_) => "untrusted",
+            CredError::WrongUsage { .. } => "wrong_key_usage",
             CredError::Config(_) => "config",
         }
     }
@@ -128,11 +143,88 @@ impl ProducesTickets for BoundedTicketer {
     }
 }
 
-/// Validates credentials and builds the server and client configs from them.
+/// Which directions the credentials serve: what the leaf must be good for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Accepting mesh mTLS: the leaf is a TLS server certificate.
+    pub inbound: bool,
+    /// Originating mesh mTLS: the leaf is a TLS client certificate.
+    pub outbound: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles {
+            inbound: true,
+            outbound: true,
+        }
+    }
+}
+
+/// Verifies our own chain against `roots` for every usage `roles` needs, so
+/// a certificate peers would refuse is refused here, with the reason.
+fn verify_own_chain(
+    chain: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+    roles: Roles,
+    algs: &[&dyn rustls::pki_types::SignatureVerificationAlgorithm],
+) -> Result<(), CredError> {
+    let anchors = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CredError::BadRoot(format!("{e:?}")))?;
+    let untrusted =
+        |e: webpki::Error| CredError::Untrusted(rustls::Error::General(format!("{e:?}")));
+    let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(untrusted)?;
+    let needs = [
+        (
+            roles.inbound,
+            webpki::KeyUsage::server_auth(),
+            "serverAuth",
+            "inbound",
+        ),
+        (
+            roles.outbound,
+            webpki::KeyUsage::client_auth(),
+            "clientAuth",
+            "outbound",
+        ),
+    ];
+    for (needed, usage, name, direction) in needs {
+        if !needed {
+            continue;
+        }
+        leaf.verify_for_usage(
+            algs,
+            &anchors,
+            &chain[1..],
+            UnixTime::now(),
+            usage,
+            None,
+            None,
+        )
+        .map_err(|e| match e {
+            #[allow(deprecated, reason = "older webpki releases still return it")]
+            webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
+                CredError::WrongUsage {
+                    usage: name,
+                    direction,
+                }
+            }
+            other => untrusted(other),
+        })?;
+    }
+    Ok(())
+}
+
+/// Validates credentials for `roles` and builds the server and client
+/// configs from them.
 pub fn build(
     creds: Credentials,
     trust_domain: &TrustDomain,
     opts: TlsOptions,
+    roles: Roles,
 ) -> Result<TlsConfigs, CredError> {
     let leaf = creds.chain.first().ok_or(CredError::EmptyChain)?;
     if creds.roots.is_empty() {
@@ -164,15 +256,12 @@ pub fn build(
 
     // Our own chain must verify against the bundle we hand to peers; otherwise
     // every peer would refuse us and the failure would only show up remotely.
-    let parsed = ParsedCertificate::try_from(leaf).map_err(CredError::Untrusted)?;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        &roots,
-        &creds.chain[1..],
-        UnixTime::now(),
+    verify_own_chain(
+        &creds.chain,
+        &creds.roots,
+        roles,
         provider.signature_verification_algorithms.all,
-    )
-    .map_err(CredError::Untrusted)?;
+    )?;
 
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -258,6 +347,7 @@ impl rustls::client::ResolvesClientCert for SingleCert {
 pub struct CredStore {
     trust_domain: TrustDomain,
     opts: TlsOptions,
+    roles: Roles,
     tx: Arc<watch::Sender<Option<Arc<TlsConfigs>>>>,
 }
 
@@ -272,8 +362,16 @@ impl CredStore {
         CredStore {
             trust_domain,
             opts,
+            roles: Roles::default(),
             tx: Arc::new(tx),
         }
+    }
+
+    /// Only the directions in `roles` are served: the leaf need only be good
+    /// for those.
+    pub fn for_roles(mut self, roles: Roles) -> Self {
+        self.roles = roles;
+        self
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -282,7 +380,7 @@ impl CredStore {
 
     /// Validates and publishes new credentials. On error the current ones stay.
     pub fn publish(&self, creds: Credentials) -> Result<Arc<TlsConfigs>, CredError> {
-        let configs = Arc::new(build(creds, &self.trust_domain, self.opts)?);
+        let configs = Arc::new(build(creds, &self.trust_domain, self.opts, self.roles)?);
         self.tx.send_replace(Some(configs.clone()));
         Ok(configs)
     }

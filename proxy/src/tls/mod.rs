@@ -10,7 +10,7 @@
 pub mod creds;
 pub mod verify;
 
-pub use creds::{CredError, CredStore, Credentials, TlsConfigs};
+pub use creds::{CredError, CredStore, Credentials, Roles, TlsConfigs};
 
 pub use verify::{LeafInfo, PeerIdError, leaf_info};
 

@@ -57,6 +57,7 @@ async fn start_certd(
     };
     let settings = Settings {
         listen: addr,
+        limits: meshlite_certd::config::default_limits(),
         trust_domain: td.clone(),
         lifetime: meshlite_certd::approval::Lifetime::from_secs(3600)?,
         mode: Mode::Embedded(embedded.clone()),
