@@ -215,7 +215,7 @@ impl Metrics {
         registry.register(
             "naming_lookups",
             "Secure-naming decisions for outbound destinations, by where the answer came from \
-             (pinned, cached, asked, stale)",
+             (pinned, cached, asked, stale, refreshed: asked again after a mismatch)",
             m.naming_lookups.clone(),
         );
         registry.register(

@@ -258,6 +258,30 @@ impl Naming {
         }
     }
 
+    /// Asks certd again for `dst`, past the cache: a held answer can lag the
+    /// endpoints kube-proxy already routes to (a backend that just became
+    /// ready). Whether `peer` may answer at `dst` by certd's fresh answer; the
+    /// fresh answer replaces the held one. Pinned identities are never re-asked.
+    pub async fn allows_fresh(&self, dst: SocketAddr, peer: &SpiffeId, metrics: &Metrics) -> bool {
+        let NamingSource::Certd(client) = &self.source else {
+            return false;
+        };
+        let Ok((decision, ttl)) = ask(client, dst)
+            .await
+            .and_then(|a| Ok((decide(&a)?, a.ttl_seconds)))
+        else {
+            return false;
+        };
+        metrics.naming_lookup("refreshed");
+        let now = Instant::now();
+        let ttl = Duration::from_secs(u64::from(ttl)).min(MAX_TTL);
+        let allowed =
+            matches!(&decision, Decision::Meshed(ids) | Decision::Mixed(ids) if ids.contains(peer));
+        let size = self.cache.put(dst, decision, now + ttl, now);
+        metrics.naming_cache_size.set(size as i64);
+        allowed
+    }
+
     fn detect(&self, metrics: &Metrics, reason: &'static str) -> Decision {
         metrics.naming_fallback(reason);
         Decision::Detect(reason)

@@ -130,11 +130,16 @@ pub(crate) async fn handle(tcp: TcpStream, client: SocketAddr, listener: SocketA
                 .and_then(|leaf| leaf_info(leaf).ok());
             let alpn_ok = conn.alpn_protocol() == Some(ALPN);
             let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-            let named = match (expected, &peer) {
+            let mut named = match (expected, &peer) {
                 (None, _) => true,
                 (Some(ids), Some(p)) => ids.contains(&p.id),
                 (Some(_), None) => false,
             };
+            if !named && let Some(p) = &peer {
+                // The held answer may predate a backend kube-proxy already
+                // routes to: certd, asked again, is the judge.
+                named = ctx.naming.allows_fresh(target, &p.id, &ctx.metrics).await;
+            }
             if alpn_ok && named {
                 log.mtls(&ctx.metrics, peer.map(|p| p.id), resumed);
                 log.relay(tcp, stream, ctx).await;
