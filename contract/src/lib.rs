@@ -23,6 +23,11 @@ pub const INJECT_ENABLED: &str = "enabled";
 pub const INJECT_DISABLED: &str = "disabled";
 /// Annotation selecting the inbound mode: `permissive` (default) or `strict`.
 pub const MODE_ANNOTATION: &str = "meshlite.io/mode";
+/// Namespace annotation, `"true"` or `"false"`: when `"true"`, the namespace's
+/// [`MODE_ANNOTATION`] (or the cluster default) is a floor that its pods cannot
+/// lower. A pod asking for a weaker mode, skipping inbound ports of its own or
+/// opting out of injection is refused at admission.
+pub const MODE_ENFORCED_ANNOTATION: &str = "meshlite.io/mode-enforced";
 /// Pod annotation with the inbound allow list (see [`AllowList`]).
 pub const ALLOW_ANNOTATION: &str = "meshlite.io/allow";
 /// Comma-separated inbound ports that are not redirected to the proxy.

@@ -46,6 +46,11 @@ struct Args {
     /// so the API server hears a reason rather than its own timeout.
     #[arg(long, default_value = "8s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// Bound on each Kubernetes API call made while answering a review (the
+    /// namespace read); must be below --request-timeout. A read that takes
+    /// longer denies the pod with a reason, and its controller retries.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    api_timeout: Duration,
     /// Connections served at once; more are reset and counted.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
@@ -74,9 +79,21 @@ async fn main() -> anyhow::Result<()> {
             .watch(Duration::from_secs(args.cert_reload_interval.max(1))),
     );
 
-    let client = kube::Client::try_default()
+    anyhow::ensure!(
+        !args.api_timeout.is_zero() && args.api_timeout < args.request_timeout,
+        "--api-timeout {:?} must be above zero and below --request-timeout {:?}",
+        args.api_timeout,
+        args.request_timeout
+    );
+    // Every call this client makes is bounded too (connect, and each read and
+    // write), below the answer's own bound, so none can hang a review.
+    let mut kube_config = kube::Config::infer()
         .await
-        .context("building the Kubernetes client")?;
+        .context("finding the Kubernetes API (in-cluster or kubeconfig)")?;
+    kube_config.connect_timeout = Some(args.api_timeout);
+    kube_config.read_timeout = Some(args.api_timeout);
+    kube_config.write_timeout = Some(args.api_timeout);
+    let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
     let refusal = resolve_legacy_mode(&client, &mut config).await?;
     anyhow::ensure!(
         args.max_connections > 0,
@@ -94,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         refusal: refusal.map(Into::into),
         installed: Arc::new(AtomicBool::new(false)),
+        api_timeout: args.api_timeout,
     };
     tokio::spawn(meshlite_injector::webhook::watch_installed(
         client.clone(),
@@ -184,6 +202,8 @@ mod tests {
             "--request-timeout {:?} must be below the webhook's timeoutSeconds {timeout_seconds}",
             args.request_timeout
         );
+        assert!(args.api_timeout < args.request_timeout);
+        assert_eq!(args.api_timeout, Duration::from_secs(5));
         assert_eq!(args.request_timeout, Duration::from_secs(8));
         assert_eq!(args.header_read_timeout, Duration::from_secs(5));
         assert_eq!(args.max_connections, 256);

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::config::InjectorConfig;
 use crate::probes::{self, AppProbes};
-use crate::settings::{Annotations, PodSettings, SettingsError};
+use crate::settings::{self, Annotations, PodSettings, SettingsError};
 use crate::sidecar;
 
 /// Value of [`INJECTED_ANNOTATION`]: the injector's version.
@@ -60,6 +60,25 @@ pub enum MutateError {
     Settings(#[from] SettingsError),
     #[error("volume name {0:?} is reserved for meshlite; rename the pod's volume")]
     VolumeConflict(String),
+    #[error(
+        "container {container:?} runs as UID {uid}, the UID of meshlite's proxy, which the \
+         pod's iptables rules exempt from redirection: its traffic would bypass the mesh \
+         unencrypted; run it as another runAsUser, or opt the pod out with {label}: disabled",
+        uid = meshlite_contract::PROXY_UID,
+        label = INJECT_LABEL
+    )]
+    ProxyUid { container: String },
+    #[error(
+        "container {container:?} declares port {port}, which meshlite's proxy listens on \
+         ({what}) in the pod's network namespace: one of the two could not bind; move the \
+         application to another port, or opt the pod out with {label}: disabled",
+        label = INJECT_LABEL
+    )]
+    PortConflict {
+        container: String,
+        port: i32,
+        what: &'static str,
+    },
     #[error("building the patch: {0}")]
     Serialize(#[from] serde_json::Error),
 }
@@ -101,13 +120,17 @@ pub fn mutate(
     namespace: &Annotations,
     cfg: &InjectorConfig,
 ) -> Result<Decision, MutateError> {
-    if let Some(reason) = skip_reason(pod) {
-        return Ok(Decision::Skip(reason));
-    }
     let empty = Annotations::new();
     let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    if let Some(reason) = skip_reason(pod) {
+        if reason == SkipReason::OptedOut {
+            settings::check_opt_out(pod_annotations, namespace, cfg.default_mode)?;
+        }
+        return Ok(Decision::Skip(reason));
+    }
     let settings = PodSettings::resolve(pod_annotations, namespace, cfg.default_mode)?;
     let spec = pod.spec.clone().unwrap_or_default();
+    check_conflicts(&spec)?;
     if let Some(v) = spec
         .volumes
         .iter()
@@ -169,6 +192,53 @@ pub fn mutate(
         }
     }
     Ok(Decision::Inject(Patch(ops)))
+}
+
+/// The proxy's ports, which nothing else in the pod may listen on.
+const PROXY_PORTS: [(u16, &str); 3] = [
+    (meshlite_contract::OUTBOUND_PORT, "outbound"),
+    (meshlite_contract::INBOUND_PORT, "inbound"),
+    (meshlite_contract::ADMIN_PORT, "admin"),
+];
+
+/// Refuses pods that cannot work meshed: a container (app or init) whose
+/// effective `runAsUser` is the proxy's UID, and a declared port the proxy
+/// owns. Both are refused rather than warned about: the first would leave the
+/// container's traffic silently unencrypted, the second fails at runtime, and
+/// a warning on a pod created by a controller reaches nobody. A UID set only by
+/// the image (no `runAsUser`) cannot be seen here; the docs say so.
+fn check_conflicts(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(), MutateError> {
+    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
+        let uid = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or(pod_uid);
+        if uid == Some(i64::from(meshlite_contract::PROXY_UID)) {
+            return Err(MutateError::ProxyUid {
+                container: c.name.clone(),
+            });
+        }
+        for p in c.ports.iter().flatten() {
+            if let Some((_, what)) = PROXY_PORTS
+                .iter()
+                .find(|(port, _)| i32::from(*port) == p.container_port)
+            {
+                return Err(MutateError::PortConflict {
+                    container: c.name.clone(),
+                    port: p.container_port,
+                    what,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn pointer(tokens: &[&str]) -> PointerBuf {

@@ -3,13 +3,20 @@
 //! Each setting is looked up on the pod first and on its namespace second (the
 //! pod wins, DESIGN.md section 3), then validated, so a typo in an annotation
 //! denies the pod with a reason instead of silently meshing it differently.
+//!
+//! A namespace annotated `meshlite.io/mode-enforced: "true"` turns its mode
+//! into a floor: a pod may ask for strict where the namespace says permissive,
+//! but not the reverse, and under an enforced strict floor a pod may neither
+//! skip inbound ports of its own nor opt out of injection (each would accept
+//! plaintext the namespace owner ruled out). The namespace's own skip lists
+//! still apply: they are the owner's decision.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use meshlite_contract::{
-    MODE_ANNOTATION, Mode, SKIP_INBOUND_PORTS_ANNOTATION, SKIP_OUTBOUND_CIDRS_ANNOTATION,
-    SKIP_OUTBOUND_PORTS_ANNOTATION,
+    INJECT_LABEL, MODE_ANNOTATION, MODE_ENFORCED_ANNOTATION, Mode, SKIP_INBOUND_PORTS_ANNOTATION,
+    SKIP_OUTBOUND_CIDRS_ANNOTATION, SKIP_OUTBOUND_PORTS_ANNOTATION,
 };
 
 /// Annotations of one object, as the Kubernetes types carry them.
@@ -37,18 +44,38 @@ pub struct SettingsError {
 }
 
 impl PodSettings {
-    /// Resolves the settings: pod annotation, else namespace annotation, else default.
+    /// Resolves the settings: pod annotation, else namespace annotation, else
+    /// default; then holds the pod to the namespace's floor if it enforces one.
     pub fn resolve(
         pod: &Annotations,
         namespace: &Annotations,
         default_mode: Mode,
     ) -> Result<Self, SettingsError> {
+        let floor = enforced_floor(pod, namespace, default_mode)?;
         let mode = match lookup(MODE_ANNOTATION, pod, namespace) {
             None => default_mode,
             Some((value, src)) => value.parse().map_err(|e: meshlite_contract::InvalidMode| {
                 error(MODE_ANNOTATION, value, src, e.to_string())
             })?,
         };
+        if floor == Some(Mode::Strict) {
+            if mode == Mode::Permissive {
+                let value = pod.get(MODE_ANNOTATION).map_or("", String::as_str);
+                return Err(error(MODE_ANNOTATION, value, "pod", enforced_reason()));
+            }
+            if let Some(value) = pod.get(SKIP_INBOUND_PORTS_ANNOTATION) {
+                return Err(error(
+                    SKIP_INBOUND_PORTS_ANNOTATION,
+                    value,
+                    "pod",
+                    format!(
+                        "{}; skipped inbound ports would accept plaintext (the namespace's own \
+                         {SKIP_INBOUND_PORTS_ANNOTATION} still applies)",
+                        enforced_reason()
+                    ),
+                ));
+            }
+        }
         Ok(PodSettings {
             mode,
             skip_inbound_ports: ports(SKIP_INBOUND_PORTS_ANNOTATION, pod, namespace)?,
@@ -56,6 +83,76 @@ impl PodSettings {
             skip_outbound_cidrs: cidrs(SKIP_OUTBOUND_CIDRS_ANNOTATION, pod, namespace)?,
         })
     }
+}
+
+/// Checks that a pod which opted out (`meshlite.io/inject: disabled`) may:
+/// not where the namespace enforces strict mode.
+pub fn check_opt_out(
+    pod: &Annotations,
+    namespace: &Annotations,
+    default_mode: Mode,
+) -> Result<(), SettingsError> {
+    if enforced_floor(pod, namespace, default_mode)? == Some(Mode::Strict) {
+        return Err(error(
+            INJECT_LABEL,
+            meshlite_contract::INJECT_DISABLED,
+            "pod",
+            format!(
+                "{}; an unmeshed pod would accept plaintext",
+                enforced_reason()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The mode a namespace enforces, if it does (`meshlite.io/mode-enforced`).
+/// The setting belongs to the namespace: on a pod it is refused, since
+/// reading it there would let the pod decide.
+fn enforced_floor(
+    pod: &Annotations,
+    namespace: &Annotations,
+    default_mode: Mode,
+) -> Result<Option<Mode>, SettingsError> {
+    if let Some(value) = pod.get(MODE_ENFORCED_ANNOTATION) {
+        return Err(error(
+            MODE_ENFORCED_ANNOTATION,
+            value,
+            "pod",
+            "this is a namespace setting; set it on the namespace".into(),
+        ));
+    }
+    let enforced = match namespace.get(MODE_ENFORCED_ANNOTATION).map(|v| v.trim()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(error(
+                MODE_ENFORCED_ANNOTATION,
+                other,
+                "namespace",
+                "expected \"true\" or \"false\"".into(),
+            ));
+        }
+    };
+    if !enforced {
+        return Ok(None);
+    }
+    match namespace.get(MODE_ANNOTATION) {
+        None => Ok(Some(default_mode)),
+        Some(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|e: meshlite_contract::InvalidMode| {
+                error(MODE_ANNOTATION, value, "namespace", e.to_string())
+            }),
+    }
+}
+
+fn enforced_reason() -> String {
+    format!(
+        "the namespace enforces strict mode ({MODE_ENFORCED_ANNOTATION}: \"true\"), which a pod \
+         cannot weaken; ask the namespace owner, or run the pod elsewhere"
+    )
 }
 
 fn lookup<'a>(
@@ -220,5 +317,82 @@ mod tests {
             assert_eq!(err.source_kind, "namespace");
             assert!(err.to_string().contains(value), "{err}");
         }
+    }
+
+    #[test]
+    fn an_enforced_strict_namespace_cannot_be_weakened_by_its_pods() {
+        let ns = ann(&[
+            (MODE_ANNOTATION, "strict"),
+            (MODE_ENFORCED_ANNOTATION, "true"),
+            (SKIP_INBOUND_PORTS_ANNOTATION, "9000"),
+        ]);
+        let weaker = [
+            ann(&[(MODE_ANNOTATION, "permissive")]),
+            ann(&[(SKIP_INBOUND_PORTS_ANNOTATION, "8080")]),
+        ];
+        for pod in weaker {
+            let err = PodSettings::resolve(&pod, &ns, Mode::Permissive).unwrap_err();
+            assert_eq!(err.source_kind, "pod");
+            assert!(err.to_string().contains(MODE_ENFORCED_ANNOTATION), "{err}");
+        }
+        let err = check_opt_out(&Annotations::new(), &ns, Mode::Permissive).unwrap_err();
+        assert_eq!(err.annotation, INJECT_LABEL);
+        // Stricter, silent and the namespace's own skip list are all fine.
+        for pod in [ann(&[(MODE_ANNOTATION, "strict")]), Annotations::new()] {
+            let s = PodSettings::resolve(&pod, &ns, Mode::Permissive).unwrap();
+            assert_eq!(s.mode, Mode::Strict);
+            assert_eq!(s.skip_inbound_ports, vec![9000]);
+        }
+    }
+
+    #[test]
+    fn enforcement_reads_only_the_namespace_and_is_a_floor_not_a_ceiling() {
+        // The floor without a namespace mode is the cluster default.
+        let ns = ann(&[(MODE_ENFORCED_ANNOTATION, "true")]);
+        let pod = ann(&[(MODE_ANNOTATION, "permissive")]);
+        assert!(PodSettings::resolve(&pod, &ns, Mode::Strict).is_err());
+        assert!(check_opt_out(&Annotations::new(), &ns, Mode::Strict).is_err());
+        // An enforced permissive floor lets a pod be stricter, and opt out.
+        let ns = ann(&[
+            (MODE_ANNOTATION, "permissive"),
+            (MODE_ENFORCED_ANNOTATION, "true"),
+        ]);
+        let s = PodSettings::resolve(&ann(&[(MODE_ANNOTATION, "strict")]), &ns, Mode::Permissive)
+            .unwrap();
+        assert_eq!(s.mode, Mode::Strict);
+        assert!(check_opt_out(&Annotations::new(), &ns, Mode::Permissive).is_ok());
+        // Unenforced (absent or "false"): the pod wins, as before.
+        for ns in [
+            ann(&[(MODE_ANNOTATION, "strict")]),
+            ann(&[
+                (MODE_ANNOTATION, "strict"),
+                (MODE_ENFORCED_ANNOTATION, "false"),
+            ]),
+        ] {
+            let s = PodSettings::resolve(&pod, &ns, Mode::Permissive).unwrap();
+            assert_eq!(s.mode, Mode::Permissive);
+            assert!(check_opt_out(&Annotations::new(), &ns, Mode::Permissive).is_ok());
+        }
+        // A pod cannot set enforcement, and a bad value is refused.
+        let err = PodSettings::resolve(
+            &ann(&[(MODE_ENFORCED_ANNOTATION, "false")]),
+            &Annotations::new(),
+            Mode::Permissive,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.annotation, err.source_kind),
+            (MODE_ENFORCED_ANNOTATION, "pod")
+        );
+        let err = PodSettings::resolve(
+            &Annotations::new(),
+            &ann(&[(MODE_ENFORCED_ANNOTATION, "yes")]),
+            Mode::Permissive,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.annotation, err.source_kind),
+            (MODE_ENFORCED_ANNOTATION, "namespace")
+        );
     }
 }

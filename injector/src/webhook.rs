@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Namespace;
 
 use crate::config::InjectorConfig;
 use crate::metrics::Metrics;
-use crate::mutate::{Decision, MutateError, mutate, skip_reason};
+use crate::mutate::{Decision, MutateError, SkipReason, mutate, skip_reason};
 use crate::review::{self, AdmissionReviewResponse, ReviewError};
 use crate::settings::Annotations;
 
@@ -91,7 +91,15 @@ pub struct Webhook {
     /// (see [`watch_installed`]). Without it pods in labelled namespaces are
     /// created unmeshed, so `/readyz` fails and the install shows as not done.
     pub installed: Arc<AtomicBool>,
+    /// Bound on each Kubernetes API call made while answering (the namespace
+    /// read). Below the request timeout and the webhook's `timeoutSeconds`, so
+    /// a hung read becomes a denial with a reason instead of the API server
+    /// giving up on the webhook.
+    pub api_timeout: std::time::Duration,
 }
+
+/// Default of [`Webhook::api_timeout`] (`--api-timeout`).
+pub const DEFAULT_API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,10 +143,16 @@ impl Webhook {
                 );
             }
         };
-        if let Some(reason) = skip_reason(&pod) {
+        // Allowed without reading the namespace, except an opt-out, which a
+        // namespace enforcing strict mode forbids (settings.rs).
+        if let Some(reason) = skip_reason(&pod).filter(|r| *r != SkipReason::OptedOut) {
             return Answer::Review(AdmissionReviewResponse::allow(uid), reason.label());
         }
-        if let Some(refusal) = &self.refusal {
+        if let Some(refusal) = self
+            .refusal
+            .as_ref()
+            .filter(|_| skip_reason(&pod).is_none())
+        {
             return Answer::Review(
                 AdmissionReviewResponse::deny(uid, 400, refusal.to_string()),
                 "misconfigured",
@@ -156,7 +170,17 @@ impl Webhook {
                 "invalid",
             );
         };
-        let ns_annotations = match self.namespaces.annotations(&namespace).await {
+        let lookup =
+            tokio::time::timeout(self.api_timeout, self.namespaces.annotations(&namespace));
+        let ns_annotations = match lookup.await.unwrap_or_else(|_| {
+            Err(LookupError {
+                namespace: namespace.clone(),
+                reason: format!(
+                    "no answer from the API server within {:?} (--api-timeout)",
+                    self.api_timeout
+                ),
+            })
+        }) {
             Ok(a) => a,
             Err(e) => {
                 // Deny rather than guess: a namespace in strict mode must not get a

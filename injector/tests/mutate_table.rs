@@ -305,3 +305,106 @@ fn legacy_mode_rewrites_probes_at_their_original_index_before_inserting_the_prox
         "{probes}"
     );
 }
+
+#[test]
+fn pods_that_cannot_work_meshed_are_refused_naming_the_conflict() {
+    use k8s_openapi::api::core::v1::{ContainerPort, PodSecurityContext, SecurityContext};
+    let as_user = |uid: i64| {
+        Some(SecurityContext {
+            run_as_user: Some(uid),
+            ..Default::default()
+        })
+    };
+    let cfg = InjectorConfig::default();
+    // (pod, what the message must name)
+    let mut cases: Vec<(Pod, &str)> = Vec::new();
+    let mut p = pod(&[], &[]);
+    p.spec.as_mut().unwrap().containers[0].security_context = as_user(2102);
+    cases.push((p, "\"web\" runs as UID 2102"));
+    let mut p = pod(&[], &[]);
+    p.spec.as_mut().unwrap().security_context = Some(PodSecurityContext {
+        run_as_user: Some(2102),
+        ..Default::default()
+    });
+    cases.push((p, "\"web\" runs as UID 2102"));
+    let mut p = pod(&[], &[]);
+    p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+        name: "migrate".into(),
+        security_context: as_user(2102),
+        ..Default::default()
+    }]);
+    cases.push((p, "\"migrate\" runs as UID 2102"));
+    for (port, what) in [(15001, "outbound"), (15006, "inbound"), (15020, "admin")] {
+        let mut p = pod(&[], &[]);
+        p.spec.as_mut().unwrap().containers[0].ports = Some(vec![
+            ContainerPort {
+                container_port: 8080,
+                ..Default::default()
+            },
+            ContainerPort {
+                container_port: port,
+                ..Default::default()
+            },
+        ]);
+        let needle: &'static str = match what {
+            "outbound" => "port 15001, which meshlite's proxy listens on (outbound)",
+            "inbound" => "port 15006, which meshlite's proxy listens on (inbound)",
+            _ => "port 15020, which meshlite's proxy listens on (admin)",
+        };
+        cases.push((p, needle));
+    }
+    for (p, needle) in cases {
+        let err = mutate(&p, &ns(&[]), &cfg).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err} should name {needle:?}");
+        assert!(err.contains("meshlite.io/inject: disabled"), "{err}");
+    }
+
+    // A container's own runAsUser overrides the pod's: only the effective UID counts.
+    let mut p = pod(&[], &[]);
+    let spec = p.spec.as_mut().unwrap();
+    spec.security_context = Some(PodSecurityContext {
+        run_as_user: Some(2102),
+        ..Default::default()
+    });
+    spec.containers[0].security_context = as_user(1000);
+    assert!(matches!(
+        mutate(&p, &ns(&[]), &cfg),
+        Ok(Decision::Inject(_))
+    ));
+    // An opted-out pod may do as it likes: it is not meshed.
+    let mut p = pod(&[(INJECT_LABEL, "disabled")], &[]);
+    p.spec.as_mut().unwrap().containers[0].security_context = as_user(2102);
+    assert_eq!(
+        mutate(&p, &ns(&[]), &cfg).unwrap(),
+        Decision::Skip(SkipReason::OptedOut)
+    );
+}
+
+#[test]
+fn an_enforced_strict_namespace_refuses_opt_outs_and_weaker_pods() {
+    use meshlite_contract::{MODE_ENFORCED_ANNOTATION, SKIP_INBOUND_PORTS_ANNOTATION};
+    let cfg = InjectorConfig::default();
+    let enforced = ns(&[
+        (MODE_ANNOTATION, "strict"),
+        (MODE_ENFORCED_ANNOTATION, "true"),
+    ]);
+    for p in [
+        pod(&[(INJECT_LABEL, "disabled")], &[]),
+        pod(&[], &[(INJECT_LABEL, "disabled")]),
+        pod(&[(MODE_ANNOTATION, "permissive")], &[]),
+        pod(&[(SKIP_INBOUND_PORTS_ANNOTATION, "8080")], &[]),
+    ] {
+        let err = mutate(&p, &enforced, &cfg).unwrap_err().to_string();
+        assert!(err.contains(MODE_ENFORCED_ANNOTATION), "{err}");
+    }
+    let strict = injected(&pod(&[], &[]), &enforced, &cfg);
+    assert_eq!(proxy_env(&strict, env::MODE).as_deref(), Some("strict"));
+    // Without enforcement the same pods are allowed as before.
+    let plain = ns(&[(MODE_ANNOTATION, "strict")]);
+    assert_eq!(
+        mutate(&pod(&[(INJECT_LABEL, "disabled")], &[]), &plain, &cfg).unwrap(),
+        Decision::Skip(SkipReason::OptedOut)
+    );
+    let weaker = injected(&pod(&[(MODE_ANNOTATION, "permissive")], &[]), &plain, &cfg);
+    assert_eq!(proxy_env(&weaker, env::MODE).as_deref(), Some("permissive"));
+}

@@ -13,6 +13,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use meshlite_injector::NamespaceLookup;
 use meshlite_injector::webhook::KubeNamespaces;
 
+mod support;
+
 /// Serves `GET /api/v1/namespaces/payments`; everything else is a Status 404.
 async fn fake_api() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -74,4 +76,42 @@ async fn a_missing_namespace_is_an_error_naming_it() {
     let err = ns.annotations("gone").await.unwrap_err();
     assert_eq!(err.namespace, "gone");
     assert!(err.to_string().contains("not found"), "{err}");
+}
+
+/// An API server that accepts connections and reads requests but never
+/// answers, like one stuck behind a dead etcd.
+async fn hung_api() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test]
+async fn a_hung_namespace_read_is_a_denial_with_a_reason_within_the_api_timeout() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (url, _server) = hung_api().await;
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let mut hook = support::webhook(meshlite_injector::InjectorConfig::default());
+    hook.namespaces = std::sync::Arc::new(KubeNamespaces(kube::Api::<Namespace>::all(client)));
+    hook.api_timeout = std::time::Duration::from_millis(300);
+    let body = serde_json::to_vec(&support::fixture("deployment_pod.json")).unwrap();
+    // Without the bound the answer never comes; 60 s is only this test's own
+    // guard against hanging, not a timing assertion.
+    let (review, label) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        support::review(&hook, &body),
+    )
+    .await
+    .expect("the webhook answered");
+    assert_eq!(label, "error");
+    assert!(!review.response.allowed);
+    let status = review.response.status.as_ref().unwrap();
+    assert_eq!(status.code, 503);
+    assert!(status.message.contains("--api-timeout"), "{status:?}");
 }

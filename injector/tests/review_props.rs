@@ -13,6 +13,7 @@ use support::*;
 
 fn answer(body: &[u8]) -> Answer {
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     rt.block_on(webhook(InjectorConfig::default()).answer(body))

@@ -65,6 +65,7 @@ pub fn webhook(config: InjectorConfig) -> Webhook {
         metrics: Arc::new(Metrics::default()),
         refusal: None,
         installed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        api_timeout: meshlite_injector::webhook::DEFAULT_API_TIMEOUT,
     }
 }
 
