@@ -29,6 +29,9 @@ pub const ANNOTATIONS_FILE: &str = "MESHLITE_ANNOTATIONS_FILE";
 pub const APP_PROBES: &str = "MESHLITE_APP_PROBES";
 /// Log format: `plain` or `json`.
 pub const LOG_FORMAT: &str = "MESHLITE_LOG_FORMAT";
+/// The proxy container's memory limit in bytes (downward API
+/// `resourceFieldRef: limits.memory`); the connection limit is derived from it.
+pub const MEMORY_LIMIT: &str = "MESHLITE_MEMORY_LIMIT";
 
 /// Directory of the projected token volume.
 pub const TOKEN_DIR: &str = "/var/run/secrets/meshlite";

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
     EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceFieldSelector, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -215,6 +216,21 @@ fn env_vars(cfg: &InjectorConfig, settings: &PodSettings, app_probes: &AppProbes
             env::ANNOTATIONS_FILE,
             format!("{}/{}", env::PODINFO_DIR, env::ANNOTATIONS_FILE_NAME),
         ),
+        // The proxy sizes its connection limit to fit this, so it refuses
+        // connections before the OOM killer acts. Without a limit the kubelet
+        // gives the node's allocatable memory.
+        EnvVar {
+            name: env::MEMORY_LIMIT.into(),
+            value_from: Some(EnvVarSource {
+                resource_field_ref: Some(ResourceFieldSelector {
+                    container_name: Some(PROXY_CONTAINER.into()),
+                    resource: "limits.memory".into(),
+                    divisor: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
     ];
     if !app_probes.is_empty() {
         // A BTreeMap of plain strings and integers always serialises.

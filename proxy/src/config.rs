@@ -168,7 +168,7 @@ impl Config {
             admin: Some(lo),
             admin_limits: ADMIN_LIMITS,
             timeouts: Timeouts::default(),
-            max_connections: 4096,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             fallback_ttl: Duration::from_secs(60),
             creds: CredSource::External,
             policy: PolicySource::None,
@@ -204,5 +204,190 @@ mod tests {
         assert_eq!("strict".parse(), Ok(OutboundMode::Strict));
         assert_eq!("disabled".parse(), Ok(OutboundMode::Disabled));
         assert!("off".parse::<OutboundMode>().unwrap_err().contains("off"));
+    }
+}
+
+/// Memory the proxy needs whatever its connection count: runtime, TLS
+/// configurations, caches and allocator slack (idle RSS is about 7 MiB).
+pub const BASE_MEMORY: u64 = 24 << 20;
+/// Memory budgeted per open connection: both legs, TLS state and idle relay
+/// buffers. Measured at about 32 KB per held idle mTLS connection per proxy
+/// (4,090 connections, 137 MB RSS); benches/README.md has the figure.
+pub const MEMORY_PER_CONNECTION: u64 = 32 << 10;
+/// File descriptors per connection (the accepted one and the one it opens).
+pub const FDS_PER_CONNECTION: u64 = 2;
+/// Descriptors kept for listeners, certd, files and the admin port.
+pub const RESERVED_FDS: u64 = 128;
+/// `--max-connections` when neither it nor a memory limit is known.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The fewest connections a derived limit allows, however small the memory.
+pub const MIN_MAX_CONNECTIONS: usize = 16;
+
+/// Where the connection limit came from, for the start-up log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSource {
+    /// `--max-connections`.
+    Flag,
+    /// Derived from the memory limit (bytes).
+    Memory(u64),
+    /// [`DEFAULT_MAX_CONNECTIONS`], no memory limit being known.
+    Default,
+}
+
+/// The connection limit: `--max-connections` if given; else as many
+/// connections as fit in the memory limit beside [`BASE_MEMORY`], so that the
+/// limit refuses connections before the OOM killer stops the pod; else
+/// [`DEFAULT_MAX_CONNECTIONS`]. A derived limit is also kept within the
+/// descriptor limit (`nofile`), so accepting never fails with EMFILE first.
+pub fn connection_limit(
+    flag: Option<usize>,
+    memory: Option<u64>,
+    nofile: Option<u64>,
+) -> (usize, LimitSource) {
+    if let Some(n) = flag {
+        return (n, LimitSource::Flag);
+    }
+    let (n, source) = match memory {
+        Some(bytes) => {
+            let fit = bytes.saturating_sub(BASE_MEMORY) / MEMORY_PER_CONNECTION;
+            (
+                usize::try_from(fit).unwrap_or(usize::MAX),
+                LimitSource::Memory(bytes),
+            )
+        }
+        None => (DEFAULT_MAX_CONNECTIONS, LimitSource::Default),
+    };
+    let by_fds = nofile.map_or(usize::MAX, |fds| {
+        usize::try_from(fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION).unwrap_or(usize::MAX)
+    });
+    (n.min(by_fds).max(MIN_MAX_CONNECTIONS), source)
+}
+
+/// The memory a limit of `n` connections needs by the figures above.
+pub fn memory_for_connections(n: usize) -> u64 {
+    BASE_MEMORY.saturating_add((n as u64).saturating_mul(MEMORY_PER_CONNECTION))
+}
+
+/// Parses a memory size: bytes, or a Kubernetes binary quantity (`128Mi`,
+/// `1Gi`, `512Ki`) or decimal one (`128M`, `1G`).
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a memory size like 134217728 or 128Mi"))?;
+    let scale: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use Ki, Mi, Gi, or bytes)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable memory size"))
+}
+
+/// The memory limit of the cgroup the process runs in (cgroup v2's
+/// `memory.max`), if there is one.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?;
+    text.trim().parse().ok()
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (a proxy needs two
+/// descriptors per connection, and runtimes often start it at 1,024), then
+/// returns the soft limit in force, if it is finite.
+pub fn raise_nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct we pass; raising the soft
+        // limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_limit_fits_the_injected_memory_limit() {
+        // The injector's default proxy limit is 128Mi. At 4,096 connections the
+        // proxy measured 137 MB: above it, so the OOM killer acted first.
+        let limit = parse_memory("128Mi").unwrap();
+        let (n, source) = connection_limit(None, Some(limit), Some(1 << 20));
+        assert_eq!(source, LimitSource::Memory(limit));
+        assert!(
+            memory_for_connections(n) <= limit,
+            "{n} connections need more than 128Mi"
+        );
+        assert!(n < DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(n, 3328);
+        // Twice the memory, at least twice the connections.
+        let (m, _) = connection_limit(None, Some(2 * limit), Some(1 << 20));
+        assert!(m >= 2 * n);
+    }
+
+    #[test]
+    fn the_flag_wins_and_the_descriptor_limit_bounds_a_derived_one() {
+        assert_eq!(
+            connection_limit(Some(10_000), Some(64 << 20), Some(1024)),
+            (10_000, LimitSource::Flag)
+        );
+        // 1,024 descriptors hold (1024 - 128) / 2 connections, whatever the memory.
+        assert_eq!(connection_limit(None, Some(1 << 34), Some(1024)).0, 448);
+        assert_eq!(
+            connection_limit(None, None, None),
+            (DEFAULT_MAX_CONNECTIONS, LimitSource::Default)
+        );
+        // Tiny memory still admits a few connections rather than none.
+        assert_eq!(
+            connection_limit(None, Some(1 << 20), None).0,
+            MIN_MAX_CONNECTIONS
+        );
+    }
+
+    #[test]
+    fn memory_sizes_parse_like_kubernetes_quantities() {
+        assert_eq!(parse_memory("134217728"), Ok(128 << 20));
+        assert_eq!(parse_memory("128Mi"), Ok(128 << 20));
+        assert_eq!(parse_memory("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_memory("500M"), Ok(500_000_000));
+        for bad in [
+            "",
+            "Mi",
+            "12.5Mi",
+            "128MB",
+            "-1",
+            "0",
+            "99999999999999999999",
+        ] {
+            assert!(parse_memory(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 }

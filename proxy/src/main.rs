@@ -131,9 +131,17 @@ struct RunArgs {
     /// On SIGTERM, how long established connections may continue.
     #[arg(long, default_value = "25s", value_parser = parse_duration)]
     drain_timeout: Duration,
-    /// Most connections open at once; more are refused and counted.
-    #[arg(long, default_value_t = 4096)]
-    max_connections: usize,
+    /// Most connections open at once, both directions; more are refused and
+    /// counted. Default: as many as fit in the memory limit (24 MiB plus 32 KiB
+    /// per connection), so the limit is met before the OOM killer acts; 4096
+    /// when no memory limit is known. Always within the descriptor limit.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// The memory limit the connection limit is derived from (bytes, or 128Mi).
+    /// The injector sets it from the container's `limits.memory`; without it,
+    /// the cgroup's memory.max is read.
+    #[arg(long, env = env::MEMORY_LIMIT, value_parser = meshlite_proxy::config::parse_memory)]
+    memory_limit: Option<u64>,
     /// How long a destination that failed mTLS is remembered as unmeshed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     fallback_ttl: Duration,
@@ -248,7 +256,7 @@ impl RunArgs {
                 idle: self.idle_timeout,
                 drain: self.drain_timeout,
             },
-            max_connections: self.max_connections,
+            max_connections: connection_limit(self.max_connections, self.memory_limit),
             fallback_ttl: self.fallback_ttl,
             creds,
             policy,
@@ -264,6 +272,38 @@ impl RunArgs {
             },
         })
     }
+}
+
+/// Settles `--max-connections` (see `meshlite_proxy::config::connection_limit`)
+/// and says how, warning when an explicit limit does not fit the memory.
+fn connection_limit(flag: Option<usize>, memory_flag: Option<u64>) -> usize {
+    use meshlite_proxy::config::{self, LimitSource};
+    let memory = memory_flag.or_else(config::cgroup_memory_limit);
+    let nofile = config::raise_nofile_limit();
+    let (n, source) = config::connection_limit(flag, memory, nofile);
+    let mib = |b: u64| b >> 20;
+    match (source, memory) {
+        (LimitSource::Flag, Some(m)) if config::memory_for_connections(n) > m => tracing::warn!(
+            max_connections = n,
+            needs_mib = mib(config::memory_for_connections(n)),
+            memory_limit_mib = mib(m),
+            "--max-connections needs more memory than the limit: the OOM killer may stop the \
+             proxy before the limit refuses connections"
+        ),
+        (LimitSource::Memory(m), _) => tracing::info!(
+            max_connections = n,
+            memory_limit_mib = mib(m),
+            nofile = nofile.unwrap_or(u64::MAX),
+            "connection limit derived from the memory limit"
+        ),
+        _ => tracing::info!(
+            max_connections = n,
+            ?source,
+            nofile = nofile.unwrap_or(u64::MAX),
+            "connection limit"
+        ),
+    }
+    n
 }
 
 fn init_logging(format: &str) {

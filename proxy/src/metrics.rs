@@ -103,6 +103,8 @@ pub struct Metrics {
     /// `not_loopback`, or one of the gate's reasons (`header_timeout`, ...).
     pub admin_refusals: meshlite_https::Refusals,
     pub bundle_file_rejections: Family<FileLabels, Counter>,
+    /// The connection limit in force (`--max-connections`, or derived).
+    pub max_connections: Gauge,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -145,6 +147,7 @@ impl Metrics {
             naming_cache_size: Gauge::default(),
             admin_refusals: meshlite_https::Refusals::default(),
             bundle_file_rejections: Family::default(),
+            max_connections: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -186,6 +189,11 @@ impl Metrics {
             "mtls_connections",
             "Established mTLS connections, by direction, peer identity and resumption",
             m.mtls_peers.clone(),
+        );
+        registry.register(
+            "max_connections",
+            "Connections the proxy holds at once before refusing more (reason max_connections)",
+            m.max_connections.clone(),
         );
         registry.register(
             "identity_cert_not_after_timestamp_seconds",

@@ -242,6 +242,9 @@ impl Proxy {
         };
         let policy = PolicyStore::new(self.config.trust_domain.clone(), AllowList::default());
         crate::reload::apply_policy(&self.config.policy, &policy, &self.metrics);
+        self.metrics
+            .max_connections
+            .set(i64::try_from(self.config.max_connections).unwrap_or(i64::MAX));
         let ctx = Arc::new(Ctx {
             fallback: FallbackCache::new(self.config.fallback_ttl),
             naming: crate::naming::Naming::new(&self.config.naming),
