@@ -96,6 +96,7 @@ fn scenarios(c: &Cluster) {
     untouched(c);
     mtls_with_capture(c);
     strict_mode(c);
+    admission_refusals(c);
     secure_naming(c);
     job_completes(c);
     certd_restart_loses_no_issuance(c);
@@ -201,18 +202,11 @@ impl Cluster {
         serde_json::from_str(&self.kubectl(&all)).unwrap()
     }
 
-    /// `kubectl apply --server-side` of a manifest given inline.
-    fn apply(&self, yaml: &str) {
+    /// kubectl with `input` on its standard input.
+    fn with_stdin(&self, args: &[&str], input: &str) -> std::process::Output {
         let mut child = self
             .command()
-            .args([
-                "apply",
-                "--server-side",
-                "--field-manager=meshlite-tests",
-                "--validate=strict",
-                "-f",
-                "-",
-            ])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -222,14 +216,41 @@ impl Cluster {
             .stdin
             .take()
             .unwrap()
-            .write_all(yaml.as_bytes())
+            .write_all(input.as_bytes())
             .unwrap();
-        let out = child.wait_with_output().unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// `kubectl apply --server-side` of a manifest given inline.
+    fn apply(&self, yaml: &str) {
+        let args = [
+            "apply",
+            "--server-side",
+            "--field-manager=meshlite-tests",
+            "--validate=strict",
+            "-f",
+            "-",
+        ];
+        let out = self.with_stdin(&args, yaml);
         assert!(
             out.status.success(),
             "kubectl apply refused:\n{yaml}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `kubectl create --dry-run=server` of a manifest: the object as the API
+    /// server would store it, admission webhooks included, or its refusal.
+    fn dry_run(&self, yaml: &str) -> Result<Value, String> {
+        let out = self.with_stdin(
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            yaml,
+        );
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     fn rollout(&self, ns: &str, what: &str) {
@@ -354,6 +375,24 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A log line without its terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 fn id(ns: &str, sa: &str) -> String {
@@ -886,6 +925,126 @@ fn strict_mode(c: &Cluster) {
     let answer = c.call("plain", "outsider", &permissive, "plain").unwrap();
     assert!(answer.contains("got=plain"), "{answer}");
     println!("strict: Ready with rewritten probes; unmeshed client refused ({count} counted)");
+}
+
+/// What the injector refuses, as the API server reports it: pods that a
+/// namespace enforcing strict mode forbids, and pods that cannot work meshed.
+/// Also that the proxy's connection limit follows its memory limit.
+fn admission_refusals(c: &Cluster) {
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: enforced
+  labels: {meshlite.io/inject: enabled}
+  annotations: {meshlite.io/mode: strict, meshlite.io/mode-enforced: "true"}
+"#,
+    );
+    let pod = |ns: &str, annotations: &str, extra: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: probe, namespace: {ns}, annotations: {{{annotations}}}}}
+spec:
+  containers:
+    - name: app
+      image: meshlite.io/testapp:dev
+      imagePullPolicy: Never
+{extra}"#
+        )
+    };
+    let refusals = [
+        (
+            "enforced",
+            "meshlite.io/inject: disabled",
+            "",
+            "meshlite.io/mode-enforced",
+        ),
+        (
+            "enforced",
+            "meshlite.io/mode: permissive",
+            "",
+            "meshlite.io/mode-enforced",
+        ),
+        (
+            "enforced",
+            "meshlite.io/skip-inbound-ports: '8080'",
+            "",
+            "meshlite.io/mode-enforced",
+        ),
+        (
+            "mesh",
+            "",
+            "      securityContext: {runAsUser: 2102}",
+            "runs as UID 2102",
+        ),
+        (
+            "mesh",
+            "",
+            "      ports: [{containerPort: 15020}]",
+            "declares port 15020",
+        ),
+    ];
+    for (ns, annotations, extra, needle) in refusals {
+        let yaml = pod(ns, annotations, extra);
+        let err = c.dry_run(&yaml).expect_err(&format!("admitted:\n{yaml}"));
+        assert!(
+            err.contains("admission webhook") && err.contains(needle),
+            "refused for the wrong reason (want {needle:?}):\n{err}"
+        );
+    }
+    // The same namespace admits a pod that keeps to its floor, in strict mode.
+    let stored = c.dry_run(&pod("enforced", "", "")).unwrap();
+    let proxy = stored["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == meshlite_contract::PROXY_CONTAINER)
+        .expect("the proxy is injected");
+    let mode = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == meshlite_contract::env::MODE)
+        .unwrap();
+    assert_eq!(mode["value"], "strict");
+    c.kubectl(&["delete", "namespace", "enforced", "--wait=false"]);
+
+    // 128Mi (the injector's default limit) holds 3,328 connections at 24 MiB
+    // plus 32 KiB each; the kubelet hands the limit over through the downward
+    // API. The descriptor limit the runtime gives may bind first (2 each,
+    // 128 spare), so the expected value uses the one the proxy logged.
+    let log = c.kubectl(&[
+        "-n",
+        "mesh",
+        "logs",
+        "client",
+        "-c",
+        meshlite_contract::PROXY_CONTAINER,
+    ]);
+    let line = log
+        .lines()
+        .map(strip_ansi)
+        .find(|l| l.contains("connection limit derived from the memory limit"))
+        .unwrap_or_else(|| panic!("the proxy derived its limit from the memory limit:\n{log}"));
+    let line = line.as_str();
+    let field = |key: &str| -> f64 {
+        let text = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key} in {line}"));
+        text.parse().unwrap_or_else(|_| panic!("{key} in {line}"))
+    };
+    assert_eq!(field("memory_limit_mib"), 128.0, "{line}");
+    let expected = 3328f64.min(((field("nofile") - 128.0) / 2.0).floor());
+    let m = c.metrics("mesh", "client");
+    let limit = metric(&m, "meshlite_max_connections", &[]);
+    assert_eq!(limit, expected, "{line}\n{m}");
+    println!(
+        "admission: 5 refusals with their reasons; enforced strict applied; max_connections {limit}"
+    );
 }
 
 /// certd names who may answer: a Service with two meshed backends under
