@@ -561,6 +561,57 @@ fn the_alert_rules_use_only_metrics_the_code_exports() {
     assert_only_exported("alerts.yaml", &queries);
 }
 
+/// The series the unit tests of `alerts_test.yaml` feed the rules.
+fn unit_test_series() -> Vec<(String, String)> {
+    let doc: Value = serde_yaml::from_str(&read("alerts_test.yaml"))
+        .unwrap_or_else(|e| panic!("alerts_test.yaml is not YAML: {e}"));
+    assert_eq!(
+        doc["rule_files"],
+        serde_json::json!(["alerts.yaml"]),
+        "alerts_test.yaml tests alerts.yaml"
+    );
+    let tests = doc["tests"].as_array().expect("alerts_test.yaml has tests");
+    let mut series = Vec::new();
+    for (i, t) in tests.iter().enumerate() {
+        for s in t["input_series"].as_array().into_iter().flatten() {
+            let selector = s["series"].as_str().expect("input_series[].series");
+            series.push((format!("test {i}"), selector.to_string()));
+        }
+    }
+    series
+}
+
+#[test]
+fn the_alert_unit_tests_feed_only_series_the_code_exports() {
+    assert_only_exported("alerts_test.yaml", &unit_test_series());
+}
+
+/// Runs `promtool <args>` in `dir` and panics with its output unless it succeeds.
+fn promtool(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "this test needs `promtool` on PATH (.ci/run installs Debian's \
+                 prometheus package): {e}"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "promtool {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_alert_unit_tests_pass_under_promtool() {
+    promtool(&monitoring_dir(), &["test", "rules", "alerts_test.yaml"]);
+}
+
 // dashboard.json
 
 /// Every panel, including those nested in collapsed rows.
@@ -651,6 +702,27 @@ fn the_dashboard_shows_what_operators_look_at() {
     ] {
         assert!(used.contains(metric), "no dashboard panel queries {metric}");
     }
+}
+
+#[test]
+fn the_dashboard_queries_are_valid_promql() {
+    // promtool parses PromQL in rule files only: each query becomes a
+    // recording rule, with Grafana's interval variable given a value.
+    let rules: Vec<Value> = dashboard_queries(&dashboard())
+        .iter()
+        .enumerate()
+        .map(|(i, (_, expr))| {
+            serde_json::json!({
+                "record": format!("dashboard:query{i}"),
+                "expr": expr.replace("$__rate_interval", "5m"),
+            })
+        })
+        .collect();
+    let file = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": rules }] });
+    let dir = tempfile::tempdir().unwrap();
+    // JSON is YAML.
+    std::fs::write(dir.path().join("queries.yaml"), file.to_string()).unwrap();
+    promtool(dir.path(), &["check", "rules", "queries.yaml"]);
 }
 
 #[test]
