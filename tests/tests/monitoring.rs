@@ -10,7 +10,9 @@
 //! - every metric named in a rule or a panel query is a series the code exports
 //!   (names are read out of the PromQL by [`promql_refs`]);
 //! - the README's metric table lists exactly the exported families, with their
-//!   type and component, so the docs cannot drift from the code.
+//!   type, component and label names, so the docs cannot drift from the code;
+//! - with promtool, the rules' unit tests (`alerts_test.yaml`) pass and every
+//!   dashboard query parses.
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
@@ -37,6 +39,8 @@ struct Family {
     component: &'static str,
     name: String,
     kind: String,
+    /// Label names on its series (a histogram's `le` left out).
+    labels: BTreeSet<String>,
 }
 
 impl Family {
@@ -63,9 +67,11 @@ impl Family {
     }
 }
 
-/// The families in one text exposition, from its `# TYPE <name> <type>` lines.
+/// The families in one text exposition: names and types from its
+/// `# TYPE <name> <type>` lines, label names from its samples.
 fn families(component: &'static str, text: &str) -> Vec<Family> {
-    text.lines()
+    let mut found: Vec<Family> = text
+        .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
         .map(|rest| {
             let mut parts = rest.split_whitespace();
@@ -76,11 +82,39 @@ fn families(component: &'static str, text: &str) -> Vec<Family> {
                 component,
                 name: name.to_string(),
                 kind: kind.to_string(),
+                labels: BTreeSet::new(),
             }
         })
-        .collect()
+        .collect();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, labels) = sample_labels(line);
+        let family = found
+            .iter_mut()
+            .find(|f| f.series().contains(&series))
+            .unwrap_or_else(|| panic!("{component}: sample of no family: {line}"));
+        family
+            .labels
+            .extend(labels.into_iter().filter(|l| l != "le"));
+    }
+    found
 }
 
+/// The series name and label names of one sample line, `name{k="v",...} 1`.
+fn sample_labels(line: &str) -> (String, Vec<String>) {
+    let Some((name, rest)) = line.split_once('{') else {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        return (name.to_string(), Vec::new());
+    };
+    let b = rest.as_bytes();
+    let mut labels = Vec::new();
+    let mut i = 0;
+    while i < b.len() && b[i] != b'}' {
+        let eq = rest[i..].find('=').map(|at| i + at).expect("label=value");
+        labels.push(rest[i..eq].trim_start_matches(',').to_string());
+        i = skip_string(b, eq + 1).expect("a quoted label value");
+    }
+    (name.to_string(), labels)
+}
 /// The names registered in a registry, read from its `Debug` form
 /// (`Descriptor { name: "...", ... }`), which holds every family, also those
 /// with no series that the text encoding leaves out.
@@ -732,8 +766,33 @@ fn the_dashboard_uses_only_metrics_the_code_exports() {
 
 // README.md
 
-/// The rows of the README's metric table: (component, name, type).
-fn readme_table() -> BTreeSet<(String, String, String)> {
+/// One row of the README's metric table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Documented {
+    component: String,
+    name: String,
+    kind: String,
+    labels: BTreeSet<String>,
+}
+
+/// The label names in a labels cell: `; `-separated, each part starting with
+/// the backticked label name (`` `direction`: `inbound`, `outbound`; `tls` ``).
+fn cell_labels(cell: &str) -> BTreeSet<String> {
+    cell.split(';')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            let part = part.trim();
+            let name = part
+                .strip_prefix('`')
+                .and_then(|p| p.split('`').next())
+                .unwrap_or_else(|| panic!("labels cell part does not start with `name`: {part:?}"));
+            name.to_string()
+        })
+        .collect()
+}
+
+/// The rows of the README's metric table.
+fn readme_table() -> BTreeSet<Documented> {
     let text = read("README.md");
     let section = text
         .split("\n## Metrics\n")
@@ -743,7 +802,7 @@ fn readme_table() -> BTreeSet<(String, String, String)> {
     let mut rows = BTreeSet::new();
     for line in section.lines().filter(|l| l.starts_with('|')) {
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        let [component, name, kind, _labels, _meaning] = cells.as_slice() else {
+        let [component, name, kind, labels, _meaning] = cells.as_slice() else {
             panic!("README.md metric table: expected 5 columns in {line:?}");
         };
         if *component == "component" || component.starts_with("---") {
@@ -753,26 +812,36 @@ fn readme_table() -> BTreeSet<(String, String, String)> {
             .strip_prefix('`')
             .and_then(|n| n.strip_suffix('`'))
             .unwrap_or_else(|| panic!("README.md: the metric name is not in backticks: {line:?}"));
-        let row = (component.to_string(), name.to_string(), kind.to_string());
+        let row = Documented {
+            component: component.to_string(),
+            name: name.to_string(),
+            kind: kind.to_string(),
+            labels: cell_labels(labels),
+        };
         assert!(rows.insert(row), "README.md lists {name} twice");
     }
     rows
 }
 
 #[test]
-fn the_readme_table_lists_exactly_the_exported_metrics() {
+fn the_readme_table_lists_exactly_the_exported_metrics_with_their_labels() {
     let documented = readme_table();
-    let exported: BTreeSet<(String, String, String)> = exported()
+    let exported: BTreeSet<Documented> = exported()
         .iter()
-        .map(|f| (f.component.to_string(), f.documented(), f.kind.clone()))
+        .map(|f| Documented {
+            component: f.component.to_string(),
+            name: f.documented(),
+            kind: f.kind.clone(),
+            labels: f.labels.clone(),
+        })
         .collect();
     let missing: Vec<_> = exported.difference(&documented).collect();
     let stale: Vec<_> = documented.difference(&exported).collect();
     assert!(
         missing.is_empty() && stale.is_empty(),
-        "deploy/monitoring/README.md's table and the code disagree \
-         (component, metric, type):\n  exported but not in the table: {missing:?}\n  \
-         in the table but not exported: {stale:?}"
+        "deploy/monitoring/README.md's table and the code disagree:\n  \
+         exported, but not so in the table: {missing:#?}\n  \
+         in the table, but not so exported: {stale:#?}"
     );
 }
 
@@ -829,12 +898,23 @@ fn promql_with_unknown_functions_or_broken_syntax_is_an_error() {
 }
 
 #[test]
-fn type_lines_give_the_series_names_prometheus_stores() {
-    let text =
-        "# HELP a A.\n# TYPE a counter\na_total 1\n# TYPE b histogram\n# TYPE c gauge\n# EOF\n";
-    let series: Vec<String> = families("x", text)
+fn type_lines_and_samples_give_the_series_and_label_names() {
+    let text = "# HELP a A.\n# TYPE a counter\na_total{x=\"1,}\",y=\"\"} 1\n\
+                # TYPE b histogram\nb_bucket{le=\"1.0\",r=\"i\"} 1\nb_count{r=\"i\"} 1\n\
+                # TYPE c gauge\nc 2\n# EOF\n";
+    let found = families("x", text);
+    let labels: Vec<Vec<&str>> = found
         .iter()
-        .flat_map(Family::series)
+        .map(|f| f.labels.iter().map(String::as_str).collect())
         .collect();
+    assert_eq!(labels, [vec!["x", "y"], vec!["r"], vec![]]);
+    let series: Vec<String> = found.iter().flat_map(Family::series).collect();
     assert_eq!(series, ["a_total", "b_bucket", "b_sum", "b_count", "c"]);
+}
+
+#[test]
+fn a_labels_cell_names_the_label_that_starts_each_part() {
+    let names = cell_labels("`direction`: `inbound`, `outbound`; `tls` as above; ");
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["direction", "tls"]);
+    assert!(cell_labels("").is_empty());
 }
