@@ -4,7 +4,9 @@
 //! One handler for both modes. It reads the request, asks the
 //! [`TokenReviewer`] who is calling, validates the CSR against that identity,
 //! and hands it to the [`SigningBackend`]. Every refusal is a JSON
-//! [`ErrorBody`](meshlite_contract::api::ErrorBody), logged and counted by reason.
+//! [`ErrorBody`](meshlite_contract::api::ErrorBody), logged and counted by reason;
+//! every certificate request is also timed by [`Issuance`] class, and every
+//! failed token review counted by reason.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,10 +23,12 @@ use meshlite_contract::identity::TrustDomain;
 use meshlite_contract::naming::{NamingRequest, NamingResponse};
 use meshlite_contract::{CERTIFICATES_PATH, NAMING_PATH};
 use time::format_description::well_known::Rfc3339;
+use tokio::time::Instant;
 
 use crate::ApiError;
 use crate::csr;
-use crate::metrics::Metrics;
+use crate::identity::Caller;
+use crate::metrics::{Issuance, Metrics};
 use crate::naming::NamingSource;
 use crate::review::{ReviewCache, TokenReviewer};
 use crate::signer::{SignRequest, SigningBackend};
@@ -92,7 +96,13 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn issue(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    match handle(&s, &headers, body).await {
+    let arrived = std::time::Instant::now();
+    let answer = handle(&s, &headers, body).await;
+    let result = answer
+        .as_ref()
+        .map_or_else(ApiError::issuance, |_| Issuance::Issued);
+    s.metrics.issuance(result, arrived.elapsed());
+    match answer {
         Ok(answer) => {
             s.metrics.request("issued");
             tracing::info!(identity = %answer.spiffe_id, not_after = %answer.not_after, "issued");
@@ -134,15 +144,7 @@ async fn handle_naming(
     let request: NamingRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
     if !s.naming_reviews.fresh(token, std::time::Instant::now()) {
-        let review = s.reviewer.review(token);
-        match s.deadline {
-            Some(limit) => tokio::time::timeout(limit, review).await.map_err(|_| {
-                ApiError::Unavailable(format!(
-                    "no answer from the Kubernetes API within {limit:?}"
-                ))
-            })??,
-            None => review.await?,
-        };
+        review(s, token, Instant::now()).await?;
         s.naming_reviews.remember(token, std::time::Instant::now());
     }
     let answer = s.naming.answer(request.addr).ok_or_else(|| {
@@ -168,6 +170,34 @@ pub fn error_response(e: &ApiError) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
     }
     resp
+}
+
+/// The refusal when the Kubernetes API calls of one request outlast `limit`.
+fn over_budget(limit: Duration) -> ApiError {
+    ApiError::Unavailable(format!(
+        "no answer from the Kubernetes API within {limit:?}"
+    ))
+}
+
+/// Reviews `token` within what is left of the request's budget (which began
+/// at `started`), counting every failure by reason; `timeout` means the
+/// budget ran out before the reviewer answered.
+async fn review(s: &AppState, token: &str, started: Instant) -> Result<Caller, ApiError> {
+    let review = s.reviewer.review(token);
+    let answer = match s.deadline {
+        Some(limit) => match tokio::time::timeout_at(started + limit, review).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                s.metrics.tokenreview_failure("timeout");
+                return Err(over_budget(limit));
+            }
+        },
+        None => review.await,
+    };
+    if let Err(e) = &answer {
+        s.metrics.tokenreview_failure(e.label());
+    }
+    answer
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -202,8 +232,9 @@ async fn handle(
     let bytes = read_body(headers, body).await?;
     let request: CertificateRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
+    let started = Instant::now();
     let work = async {
-        let caller = s.reviewer.review(token).await?;
+        let caller = review(s, token, started).await?;
         if caller.id.trust_domain() != &s.trust_domain {
             return Err(ApiError::Internal(
                 "reviewer used another trust domain".into(),
@@ -217,11 +248,9 @@ async fn handle(
     let (req, issued) = match s.deadline {
         // The Kubernetes client retries 429/503 with backoff for a long time;
         // the proxy is better served by a prompt 503 and its own retry.
-        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| {
-            ApiError::Unavailable(format!(
-                "no answer from the Kubernetes API within {limit:?}"
-            ))
-        })??,
+        Some(limit) => tokio::time::timeout_at(started + limit, work)
+            .await
+            .map_err(|_| over_budget(limit))??,
         None => work.await?,
     };
     let not_after = issued

@@ -6,6 +6,8 @@ use std::time::Duration;
 use http::StatusCode;
 use meshlite_contract::api::ErrorBody;
 
+use crate::metrics::Issuance;
+
 /// How long a client should wait before retrying after a 503.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -86,6 +88,26 @@ impl ApiError {
         }
     }
 
+    /// The class operators alert on ([`Issuance`]); [`Self::label`] keeps the detail.
+    pub fn issuance(&self) -> Issuance {
+        use ApiError::*;
+        match self {
+            MissingToken
+            | Unauthenticated(_)
+            | WrongAudience(_)
+            | NotServiceAccount(_)
+            | IdentityMismatch { .. }
+            | UnexpectedSan(_)
+            | MalformedRequest(_)
+            | MalformedCsr(_)
+            | BadCsrSignature
+            | UnsupportedKey(_)
+            | TooLarge(_) => Issuance::Rejected,
+            Denied(_) => Issuance::Denied,
+            SignerFailed(_) | SignerTimeout(_) | Unavailable(_) | Internal(_) => Issuance::Failed,
+        }
+    }
+
     /// `Retry-After` for transient failures, `None` for final answers.
     pub fn retry_after(&self) -> Option<Duration> {
         (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER)
@@ -115,6 +137,21 @@ mod tests {
         );
         assert_eq!(ApiError::Denied("x".into()).retry_after(), None);
         assert_eq!(ApiError::MissingToken.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn only_certd_or_its_dependencies_failing_counts_as_a_failed_issuance() {
+        assert_eq!(ApiError::MissingToken.issuance(), Issuance::Rejected);
+        assert_eq!(ApiError::BadCsrSignature.issuance(), Issuance::Rejected);
+        assert_eq!(ApiError::Denied("x".into()).issuance(), Issuance::Denied);
+        for failed in [
+            ApiError::SignerFailed("x".into()),
+            ApiError::SignerTimeout(Duration::from_secs(1)),
+            ApiError::Unavailable("x".into()),
+            ApiError::Internal("x".into()),
+        ] {
+            assert_eq!(failed.issuance(), Issuance::Failed, "{failed}");
+        }
     }
 
     #[test]

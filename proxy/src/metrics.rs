@@ -256,6 +256,40 @@ impl Metrics {
         }
     }
 
+    /// Metrics with one series in every family. The text encoding leaves out
+    /// a family that has no series yet, so this is how
+    /// `tests/tests/monitoring.rs` reads every exported name and type from
+    /// the code; a family added without a line here fails that test.
+    pub fn with_every_family() -> Self {
+        let m = Metrics::new();
+        let conn = ConnLabels {
+            direction: Direction::Inbound,
+            tls: "mtls",
+        };
+        m.conn_opened.get_or_create(&conn).inc();
+        m.conn_closed.get_or_create(&conn).inc();
+        m.bytes_counter(Direction::Inbound, Peer::Client).inc();
+        m.plaintext(Direction::Inbound, "not_meshed");
+        m.handshake_failed(Direction::Inbound, "timeout");
+        m.refuse(Direction::Inbound, "max_connections");
+        m.policy_denials.inc();
+        m.mtls_peers
+            .get_or_create(&PeerLabels {
+                direction: Direction::Inbound,
+                peer_identity: "spiffe://cluster.local/ns/a/sa/b".into(),
+                resumed: false,
+            })
+            .inc();
+        for family in [&m.cred_reloads, &m.policy_reloads, &m.renewals] {
+            family.get_or_create(&ResultLabels { result: "ok" }).inc();
+        }
+        m.naming_lookup("cached");
+        m.naming_fallback("unknown");
+        m.admin_refusals.inc("not_loopback");
+        m.bundle_file_rejected(std::path::Path::new("bundle.pem"), "unreadable");
+        m
+    }
+
     /// Renders the Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

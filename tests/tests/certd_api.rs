@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use meshlite_certd::ca::{Ca, verify_workload_chain};
 use meshlite_certd::client::{Target, post_raw, request_certificate};
+use meshlite_certd::metrics::{Issuance, Metrics};
 use meshlite_contract::{
     CSR_NAMESPACE_LABEL, CSR_POD_LABEL, CSR_SERVICE_ACCOUNT_LABEL, SIGNER_NAME, SpiffeId,
     TOKEN_AUDIENCE,
@@ -103,6 +104,34 @@ async fn issues_a_chain_for_the_tokens_identity_that_verifies_against_the_bundle
     eventually_no_csrs(&fake).await;
     assert!(called(&fake, "delete", "certificatesigningrequests", None));
     assert_eq!(certd.metrics.requests("issued"), 1);
+    assert_eq!(issuances(&certd.metrics), [1, 0, 0, 0]);
+    assert_eq!(review_failures(&certd.metrics), 0);
+}
+
+/// Issued, rejected, denied and failed requests so far.
+fn issuances(m: &Metrics) -> [u64; 4] {
+    [
+        Issuance::Issued,
+        Issuance::Rejected,
+        Issuance::Denied,
+        Issuance::Failed,
+    ]
+    .map(|r| m.issuances(r))
+}
+
+/// Failed token reviews so far, over every reason certd distinguishes.
+fn review_failures(m: &Metrics) -> u64 {
+    [
+        "unauthenticated",
+        "wrong_audience",
+        "not_service_account",
+        "unavailable",
+        "internal",
+        "timeout",
+    ]
+    .iter()
+    .map(|r| m.tokenreview_failures(r))
+    .sum()
 }
 
 #[tokio::test]
@@ -175,6 +204,8 @@ async fn a_token_for_another_audience_is_401_and_creates_no_csr() {
     assert_eq!((status, error.as_str()), (401, "unauthenticated"));
     assert_eq!(csr_creates(&fake), 0);
     assert_eq!(certd.metrics.requests("unauthenticated"), 1);
+    assert_eq!(certd.metrics.tokenreview_failures("unauthenticated"), 1);
+    assert_eq!(issuances(&certd.metrics), [0, 1, 0, 0]);
 }
 
 #[tokio::test]
@@ -271,7 +302,7 @@ fn error_of(body: &[u8]) -> String {
 
 #[tokio::test]
 async fn oversized_bodies_garbage_json_and_missing_tokens_get_json_errors() {
-    let (fake, _certd, t) = setup(&[]).await;
+    let (fake, certd, t) = setup(&[]).await;
     let big = post_raw(&t, Some("cart-token"), vec![b' '; 65 * 1024])
         .await
         .unwrap();
@@ -301,6 +332,8 @@ async fn oversized_bodies_garbage_json_and_missing_tokens_get_json_errors() {
     );
     // None of that reached the API server.
     assert!(fake.requests().iter().all(|r| r.resource != "tokenreviews"));
+    assert_eq!(review_failures(&certd.metrics), 0);
+    assert_eq!(issuances(&certd.metrics), [0, 4, 0, 0], "all four rejected");
 }
 
 #[tokio::test]
@@ -323,6 +356,10 @@ async fn an_api_server_answering_503_gives_503_with_retry_after() {
     fake.set_down(false);
     request_certificate(&t, "cart-token", &pem).await.unwrap();
     assert_eq!(certd.metrics.requests("unavailable"), 1);
+    // The client was still retrying the TokenReview when the budget ran out.
+    assert_eq!(certd.metrics.tokenreview_failures("timeout"), 1);
+    assert_eq!(review_failures(&certd.metrics), 1);
+    assert_eq!(issuances(&certd.metrics), [1, 0, 0, 1]);
 }
 
 #[tokio::test]
@@ -340,12 +377,13 @@ const EXTERNAL: &str = "example.com/external";
 
 #[tokio::test]
 async fn an_external_signer_that_fails_the_request_gives_403_and_the_csr_is_deleted() {
-    let (fake, _certd, t) = setup(&["--no-builtin-signer", "--signer-name", EXTERNAL]).await;
+    let (fake, certd, t) = setup(&["--no-builtin-signer", "--signer-name", EXTERNAL]).await;
     fake.set_external_signer(EXTERNAL, ExternalSigner::Fail("policy says no".into()));
     let (_k, pem) = csr_for(&cart());
     let started = Instant::now();
     let (status, error, _) = refused(&t, "cart-token", &pem).await;
     assert_eq!((status, error.as_str()), (403, "signer_failed"));
+    assert_eq!(issuances(&certd.metrics), [0, 0, 0, 1]);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "answered without waiting out the bound"
@@ -363,7 +401,7 @@ async fn an_external_signer_that_fails_the_request_gives_403_and_the_csr_is_dele
 
 #[tokio::test]
 async fn an_external_signer_that_never_answers_gives_503_after_the_bounded_wait() {
-    let (fake, _certd, t) = setup(&[
+    let (fake, certd, t) = setup(&[
         "--no-builtin-signer",
         "--signer-name",
         EXTERNAL,
@@ -384,6 +422,18 @@ async fn an_external_signer_that_never_answers_gives_503_after_the_bounded_wait(
         waited >= Duration::from_secs(1) && waited < Duration::from_secs(4),
         "{waited:?}"
     );
+    assert_eq!(issuances(&certd.metrics), [0, 0, 0, 1]);
+    // The wait shows in the latency: at least the second the signer was given.
+    let text = certd.metrics.encode().unwrap();
+    let under_a_second = text
+        .lines()
+        .find(|l| {
+            l.starts_with("meshlite_certd_issuance_duration_seconds_bucket")
+                && l.contains("result=\"failed\"")
+                && l.contains("le=\"1.0\"")
+        })
+        .unwrap_or_else(|| panic!("no 1s bucket in:\n{text}"));
+    assert!(under_a_second.ends_with(" 0"), "{under_a_second}");
     eventually_no_csrs(&fake).await;
 }
 

@@ -159,6 +159,11 @@ async fn a_user_provided_intermediate_signs_and_the_root_is_the_bundle() {
     );
     let certd = start_cluster_certd(&fake, &[]).await.unwrap();
     assert_eq!(certd.bundle_pem(), root.bundle_pem());
+    // The gauge operators alert on is the intermediate's: it expires first.
+    assert_eq!(
+        certd.metrics.ca_not_after(),
+        params.not_after.unix_timestamp()
+    );
     fake.add_service_account_token("t", "shop", "cart", TOKEN_AUDIENCE);
     let id: SpiffeId = "spiffe://cluster.local/ns/shop/sa/cart".parse().unwrap();
     let (_k, pem) = csr_for(&id);
@@ -184,6 +189,41 @@ async fn a_user_provided_intermediate_signs_and_the_root_is_the_bundle() {
     assert!(!fake.requests().iter().any(|r| r.resource == "secrets"
         && r.verb == "create"
         && r.name.as_deref() == Some(CA_SECRET)));
+}
+
+#[tokio::test]
+async fn the_ca_not_after_gauge_follows_a_replaced_signing_ca() {
+    provider();
+    let fake = FakeApiServer::start().await.unwrap();
+    let certd = start_cluster_certd(&fake, &["--reconcile-interval-seconds", "1"])
+        .await
+        .unwrap();
+    let bootstrapped = certd.ca.get().not_after().unix_timestamp();
+    assert_eq!(certd.metrics.ca_not_after(), bootstrapped);
+
+    // The operator replaces the root with one that expires in 40 days.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "short-lived root");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(40);
+    let root = params.self_signed(&key).unwrap();
+    let mut secret = fake.get(&ca_secret_key()).unwrap();
+    secret["data"] = json!({
+        "tls.crt": STANDARD.encode(root.pem()),
+        "tls.key": STANDARD.encode(key.serialize_pem()),
+        "ca.crt": STANDARD.encode(root.pem()),
+    });
+    fake.insert(ca_secret_key(), secret);
+    let expected = params.not_after.unix_timestamp();
+    assert!(expected < bootstrapped);
+    eventually("the gauge to follow the new CA", || {
+        certd.metrics.ca_not_after() == expected
+    })
+    .await;
 }
 
 #[tokio::test]

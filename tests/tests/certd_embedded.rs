@@ -144,6 +144,8 @@ async fn embedded_mode_reuses_the_ca_in_its_directory_and_refuses_unknown_tokens
         }
         other => panic!("expected 401, got {other:?}"),
     }
+    // The token file stands in for TokenReview, and is counted the same way.
+    assert_eq!(certd.metrics.tokenreview_failures("unauthenticated"), 1);
     let other: SpiffeId = "spiffe://cluster.local/ns/shop/sa/admin".parse().unwrap();
     let (_k, pem) = csr_for(&other);
     let err = request_certificate(&target, "cart-token", &pem)
