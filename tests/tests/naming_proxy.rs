@@ -420,3 +420,98 @@ async fn a_mixed_service_is_detected_in_permissive_mode_but_a_tls_answer_must_be
         "{text}"
     );
 }
+
+/// A TCP forwarder on `ip` whose destination the test can switch: the same
+/// address answered first by one workload's proxy, then by another's.
+async fn switchable_forwarder(ip: &str, to: SocketAddr) -> (SocketAddr, Arc<Mutex<SocketAddr>>) {
+    let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let target = Arc::new(Mutex::new(to));
+    let current = target.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let to = *current.lock().unwrap();
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                }
+            });
+        }
+    });
+    (addr, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_identity_at_a_held_address_is_asked_again_not_refused_until_the_ttl() {
+    let m = mesh(&["client", "server", "payments"]).await;
+    let ip = "127.0.0.5";
+    let serve = |sa: &'static str| {
+        let m = &m;
+        async move {
+            let cfg = Config::explicit(TrustDomain::default(), None, Some(echo_server().await));
+            m.proxy(cfg, sa, false).await.2[0]
+        }
+    };
+    let payments = serve("payments").await;
+    let (addr, route) = switchable_forwarder(ip, payments).await;
+    create_pod(&m.fake, "pay-0", "payments", ip, true).await;
+    m.answers(addr, Meshed::Meshed, "client").await;
+    let cfg = Config::explicit(TrustDomain::default(), Some(addr), None);
+    let (metrics, out, _) = m.proxy(cfg, "client", true).await;
+    // The client's proxy now holds "payments" for the address, for the TTL.
+    assert_eq!(round_trip(out[0], b"to payments").await, b"to payments");
+
+    // The pod is replaced by one of another ServiceAccount at the same IP,
+    // which kube-proxy routes to at once; certd learns it from its watch.
+    Api::<Pod>::namespaced(m.fake.client(), "shop")
+        .delete("pay-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    create_pod(&m.fake, "web-0", "server", ip, true).await;
+    let server = serve("server").await;
+    let t = target(&m.certd);
+    let want = SpiffeId::new(TrustDomain::default(), "shop", "server").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while request_naming(&t, "client-token", addr)
+        .await
+        .unwrap()
+        .identities
+        != vec![want.clone()]
+    {
+        assert!(Instant::now() < deadline, "certd never named the new pod");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    *route.lock().unwrap() = server;
+
+    // Still within the held answer's TTL: the mismatch makes the proxy ask
+    // certd again, and the fresh answer names the new identity.
+    assert_eq!(round_trip(out[0], b"to server").await, b"to server");
+    let text = metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "meshlite_naming_lookups_total",
+            "result=\"refreshed\""
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "meshlite_refused_connections_total",
+            "reason=\"identity_mismatch\""
+        ),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "meshlite_mtls_connections_total",
+            "peer_identity=\"spiffe://cluster.local/ns/shop/sa/server\""
+        ),
+        1.0,
+        "{text}"
+    );
+}
