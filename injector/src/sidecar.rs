@@ -83,6 +83,9 @@ pub fn init_container(cfg: &InjectorConfig, settings: &PodSettings) -> Container
     }
 }
 
+/// How long a legacy-mode proxy still accepts after SIGTERM (`--drain-accept`).
+pub const LEGACY_DRAIN_ACCEPT: &str = "5s";
+
 /// The proxy: a native sidecar, or in legacy mode a regular container.
 pub fn proxy_container(
     cfg: &InjectorConfig,
@@ -120,6 +123,14 @@ pub fn proxy_container(
         ..Default::default()
     };
     if cfg.legacy() {
+        // Stopped together with the app: keep accepting, not ready, while the
+        // endpoint's removal spreads to every node (a native sidecar is only
+        // stopped after the app has exited, so it needs no window).
+        c.args = Some(vec![
+            "run".into(),
+            "--drain-accept".into(),
+            LEGACY_DRAIN_ACCEPT.into(),
+        ]);
         // Before 1.29 there is no startup ordering for sidecars, but the kubelet
         // starts containers in order and waits for each postStart hook: the
         // proxy goes first and its hook returns once it is ready.

@@ -73,6 +73,10 @@ pub struct Timeouts {
     pub idle: Duration,
     /// On SIGTERM, how long established connections may keep running.
     pub drain: Duration,
+    /// On SIGTERM, how long the proxy keeps accepting new connections while it
+    /// reports not ready, for those kube-proxy still routes to the pod until
+    /// the endpoint's removal reaches every node. Part of `drain`, not added.
+    pub drain_accept: Duration,
 }
 
 impl Default for Timeouts {
@@ -82,6 +86,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             handshake: Duration::from_secs(5),
             idle: Duration::from_secs(3600),
+            drain_accept: Duration::ZERO,
             drain: Duration::from_secs(25),
         }
     }

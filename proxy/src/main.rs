@@ -131,6 +131,13 @@ struct RunArgs {
     /// On SIGTERM, how long established connections may continue.
     #[arg(long, default_value = "25s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// On SIGTERM, how long new connections are still accepted (while /ready
+    /// reports 503) before the listeners close: the time the endpoint's
+    /// removal takes to reach every node. Counts toward --drain-timeout. The
+    /// injector sets 5s in legacy mode, where the proxy is stopped together
+    /// with the app; a native sidecar is stopped only after the app has exited.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    drain_accept: Duration,
     /// Most connections open at once, both directions; more are refused and
     /// counted. Default: as many as fit in the memory limit (24 MiB plus 32 KiB
     /// per connection), so the limit is met before the OOM killer acts; 4096
@@ -255,6 +262,7 @@ impl RunArgs {
                 handshake: self.handshake_timeout,
                 idle: self.idle_timeout,
                 drain: self.drain_timeout,
+                drain_accept: self.drain_accept,
             },
             max_connections: connection_limit(self.max_connections, self.memory_limit),
             fallback_ttl: self.fallback_ttl,

@@ -2,9 +2,10 @@
 //!
 //! [`Proxy::bind`] binds every listener (so tests and the local runner learn the
 //! real addresses of ephemeral ports), and [`Bound::run`] accepts until the
-//! shutdown future resolves, then drains: it stops accepting, reports not-ready,
-//! lets established connections finish for up to the drain timeout, and then
-//! closes whatever is left.
+//! shutdown future resolves, then drains: it reports not-ready, keeps accepting
+//! for the drain-accept window (connections kube-proxy routes here until the
+//! endpoint's removal is everywhere), stops accepting, lets established
+//! connections finish until the drain timeout, and then closes whatever is left.
 
 use crate::config::{Config, CredSource, PolicySource};
 use crate::metrics::{Direction, Metrics};
@@ -380,21 +381,38 @@ impl Bound {
             }
         }
 
-        tokio::select! {
-            () = shutdown => tracing::info!("shutdown requested"),
-            () = stop_accepting.cancelled() => tracing::info!("shutdown requested on the admin port"),
-        }
+        let signalled = tokio::select! {
+            () = shutdown => { tracing::info!("shutdown requested"); true }
+            () = stop_accepting.cancelled() => { tracing::info!("shutdown requested on the admin port"); false }
+        };
+        let drain_started = tokio::time::Instant::now();
+        // Not ready from here on, so the endpoint is withdrawn; connections
+        // routed here meanwhile are still accepted for the window.
         ctx.draining.store(true, Ordering::SeqCst);
+        let window = ctx
+            .config
+            .timeouts
+            .drain_accept
+            .min(ctx.config.timeouts.drain);
+        if signalled && !window.is_zero() {
+            tracing::info!(
+                ?window,
+                "not ready; still accepting while the endpoint is withdrawn"
+            );
+            tokio::time::sleep(window).await;
+        }
         stop_accepting.cancel();
         conns.close();
         let open = conns.len();
         if open > 0 {
             tracing::info!(open, drain = ?ctx.config.timeouts.drain, "draining established connections");
         }
-        if tokio::time::timeout(ctx.config.timeouts.drain, conns.wait())
-            .await
-            .is_err()
-        {
+        let left = ctx
+            .config
+            .timeouts
+            .drain
+            .saturating_sub(drain_started.elapsed());
+        if tokio::time::timeout(left, conns.wait()).await.is_err() {
             tracing::warn!(
                 open = conns.len(),
                 "drain deadline passed; closing the remaining connections"

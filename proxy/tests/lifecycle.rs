@@ -256,3 +256,40 @@ async fn the_drain_deadline_closes_lingering_connections() {
         .unwrap_or(0);
     assert_eq!(n, 0, "the lingering connection was closed");
 }
+
+#[tokio::test]
+async fn during_the_drain_accept_window_new_connections_are_served_while_not_ready() {
+    let ca = TestCa::new("mesh root");
+    let server = server_proxy(&ca, echo_server().await, |c| {
+        c.timeouts.drain = Duration::from_secs(30);
+        c.timeouts.drain_accept = Duration::from_secs(5);
+    })
+    .await;
+    let addr = server.inbound.unwrap();
+    assert_eq!(http_get(server.admin, "/ready").await.0, 200);
+    server.stop.cancel();
+    // Not ready at once, so the endpoint is withdrawn...
+    let mut ready = 200;
+    for _ in 0..100 {
+        ready = http_get(server.admin, "/ready").await.0;
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready, 503, "not ready once draining");
+    // ...but a connection routed here meanwhile is still served.
+    assert_eq!(
+        round_trip(addr, b"routed late").await.unwrap(),
+        b"routed late"
+    );
+    // After the window the listener closes, and the proxy stops.
+    meshlite_proxy::assert_eventually!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "listener closed after the window"
+    );
+    tokio::time::timeout(Duration::from_secs(30), server.done)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -119,17 +119,6 @@ async fn repeat_connections_resume_the_tls_session() {
     );
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    (status, out)
-}
-
 #[tokio::test]
 async fn admin_reports_readiness_only_with_credentials_and_serves_metrics() {
     let ca = TestCa::new("mesh root");
