@@ -20,6 +20,7 @@ use meshlite_contract::api::{CertificateRequest, CertificateResponse};
 use meshlite_contract::identity::TrustDomain;
 use meshlite_contract::naming::{NamingRequest, NamingResponse};
 use meshlite_contract::{CERTIFICATES_PATH, NAMING_PATH};
+use serde::de::DeserializeOwned;
 use time::format_description::well_known::Rfc3339;
 
 use crate::ApiError;
@@ -131,8 +132,7 @@ async fn handle_naming(
 ) -> Result<(NamingRequest, NamingResponse), ApiError> {
     let token = bearer(headers)?;
     let bytes = read_body(headers, body).await?;
-    let request: NamingRequest =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
+    let request: NamingRequest = parse_request(&bytes)?;
     if !s.naming_reviews.fresh(token, std::time::Instant::now()) {
         let review = s.reviewer.review(token);
         match s.deadline {
@@ -183,6 +183,12 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token)
 }
 
+/// Reads a JSON request body, a [`CertificateRequest`] or a [`NamingRequest`].
+/// Apart from the handlers so that it can be fuzzed on its own (`fuzz/`).
+pub fn parse_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::MalformedRequest(e.to_string()))
+}
+
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
     meshlite_https::read_limited(headers, body, MAX_BODY)
         .await
@@ -200,8 +206,7 @@ async fn handle(
     // Cheap checks first, so junk never costs a TokenReview.
     let token = bearer(headers)?;
     let bytes = read_body(headers, body).await?;
-    let request: CertificateRequest =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
+    let request: CertificateRequest = parse_request(&bytes)?;
     let work = async {
         let caller = s.reviewer.review(token).await?;
         if caller.id.trust_domain() != &s.trust_domain {
@@ -253,6 +258,16 @@ mod tests {
         assert_eq!(bearer(&headers("Basic abc")), Err(ApiError::MissingToken));
         assert_eq!(bearer(&headers("Bearer ")), Err(ApiError::MissingToken));
         assert_eq!(bearer(&HeaderMap::new()), Err(ApiError::MissingToken));
+    }
+
+    #[test]
+    fn a_request_body_that_is_not_the_json_shape_is_malformed() {
+        let ok: CertificateRequest = parse_request(br#"{"csr":"x"}"#).unwrap();
+        assert_eq!(ok.csr, "x");
+        for junk in [&b""[..], b"{", b"{\"csr\":1}", b"[]", b"\xff"] {
+            let got = parse_request::<CertificateRequest>(junk);
+            assert!(matches!(got, Err(ApiError::MalformedRequest(_))), "{got:?}");
+        }
     }
 
     #[tokio::test]
