@@ -49,14 +49,17 @@ failed=()
 for t in "${targets[@]}"; do
   [ -x "$bin/$t" ] || { echo "fuzz: no target named $t"; exit 2; }
   mkdir -p "$scratch/$t" "artifacts/$t" "corpus/$t"
-  dict=()
-  [ -f "dict/$t.dict" ] && dict=("-dict=dict/$t.dict")
+  extra=()
+  [ -f "dict/$t.dict" ] && extra=("-dict=dict/$t.dict")
+  # libFuzzer caps inputs at 4 KiB unless told; detection reads up to one
+  # full TLS record (MAX_DETECT_BYTES).
+  [ "$t" = detect ] && extra+=("-max_len=16389")
   echo "fuzz: $t for ${secs} s"
   # The scratch directory comes first, so it receives the new inputs; the
   # committed corpus is only read (every file in it is replayed first).
   # shellcheck disable=SC2086 # FUZZ_FLAGS is a list of flags
   if "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
-    -print_final_stats=1 -artifact_prefix="artifacts/$t/" "${dict[@]}" ${FUZZ_FLAGS:-} \
+    -print_final_stats=1 -artifact_prefix="artifacts/$t/" "${extra[@]}" ${FUZZ_FLAGS:-} \
     "$scratch/$t" "corpus/$t" >"$scratch/$t.log" 2>&1; then
     grep -E '^(Done |#[0-9]+[[:space:]]+DONE )' "$scratch/$t.log" \
       | sed "s/^/  $t: /" || true
