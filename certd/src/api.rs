@@ -22,6 +22,7 @@ use meshlite_contract::api::{CertificateRequest, CertificateResponse};
 use meshlite_contract::identity::TrustDomain;
 use meshlite_contract::naming::{NamingRequest, NamingResponse};
 use meshlite_contract::{CERTIFICATES_PATH, NAMING_PATH};
+use serde::de::DeserializeOwned;
 use time::format_description::well_known::Rfc3339;
 use tokio::time::Instant;
 
@@ -141,8 +142,7 @@ async fn handle_naming(
 ) -> Result<(NamingRequest, NamingResponse), ApiError> {
     let token = bearer(headers)?;
     let bytes = read_body(headers, body).await?;
-    let request: NamingRequest =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
+    let request: NamingRequest = parse_request(&bytes)?;
     if !s.naming_reviews.fresh(token, std::time::Instant::now()) {
         review(s, token, Instant::now()).await?;
         s.naming_reviews.remember(token, std::time::Instant::now());
@@ -213,6 +213,12 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token)
 }
 
+/// Reads a JSON request body, a [`CertificateRequest`] or a [`NamingRequest`].
+/// Apart from the handlers so that it can be fuzzed on its own (`fuzz/`).
+pub fn parse_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::MalformedRequest(e.to_string()))
+}
+
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
     meshlite_https::read_limited(headers, body, MAX_BODY)
         .await
@@ -230,8 +236,7 @@ async fn handle(
     // Cheap checks first, so junk never costs a TokenReview.
     let token = bearer(headers)?;
     let bytes = read_body(headers, body).await?;
-    let request: CertificateRequest =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))?;
+    let request: CertificateRequest = parse_request(&bytes)?;
     let started = Instant::now();
     let work = async {
         let caller = review(s, token, started).await?;
@@ -282,6 +287,16 @@ mod tests {
         assert_eq!(bearer(&headers("Basic abc")), Err(ApiError::MissingToken));
         assert_eq!(bearer(&headers("Bearer ")), Err(ApiError::MissingToken));
         assert_eq!(bearer(&HeaderMap::new()), Err(ApiError::MissingToken));
+    }
+
+    #[test]
+    fn a_request_body_that_is_not_the_json_shape_is_malformed() {
+        let ok: CertificateRequest = parse_request(br#"{"csr":"x"}"#).unwrap();
+        assert_eq!(ok.csr, "x");
+        for junk in [&b""[..], b"{", b"{\"csr\":1}", b"[]", b"\xff"] {
+            let got = parse_request::<CertificateRequest>(junk);
+            assert!(matches!(got, Err(ApiError::MalformedRequest(_))), "{got:?}");
+        }
     }
 
     #[tokio::test]

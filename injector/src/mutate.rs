@@ -58,6 +58,10 @@ impl SkipReason {
 pub enum MutateError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// A patch would add under `/spec`, which the pod lacks, so the API server
+    /// could not apply it (found by fuzz/, target `admission_review`).
+    #[error("the pod has no spec")]
+    NoSpec,
     #[error("volume name {0:?} is reserved for meshlite; rename the pod's volume")]
     VolumeConflict(String),
     #[error(
@@ -129,7 +133,7 @@ pub fn mutate(
         return Ok(Decision::Skip(reason));
     }
     let settings = PodSettings::resolve(pod_annotations, namespace, cfg.default_mode)?;
-    let spec = pod.spec.clone().unwrap_or_default();
+    let spec = pod.spec.clone().ok_or(MutateError::NoSpec)?;
     check_conflicts(&spec)?;
     if let Some(v) = spec
         .volumes

@@ -9,6 +9,7 @@ use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use meshlite_contract::{INJECT_LABEL, MODE_ANNOTATION, Mode, PROXY_CONTAINER, env};
 use meshlite_injector::config::Resources;
+use meshlite_injector::mutate::MutateError;
 use meshlite_injector::{Decision, InjectorConfig, SkipReason, mutate};
 use serde_json::Value;
 
@@ -177,6 +178,16 @@ fn pod_without_annotations_gets_the_map_created_first() {
             .iter()
             .any(|op| matches!(op, PatchOperation::Add(a) if a.path.as_str() == "/spec/volumes"))
     );
+}
+
+/// Found by fuzzing (fuzz/corpus/admission_review/no_spec): the patch for a pod
+/// without a spec added under `/spec`, which the API server cannot apply.
+#[test]
+fn a_pod_without_a_spec_is_refused_rather_than_given_a_patch_that_cannot_apply() {
+    let mut p = pod(&[], &[]);
+    p.spec = None;
+    let got = mutate(&p, &ns(&[]), &InjectorConfig::default());
+    assert!(matches!(got, Err(MutateError::NoSpec)), "{got:?}");
 }
 
 #[test]
