@@ -383,13 +383,14 @@ async fn one_new(entry: SocketAddr, n: u64, plan: &Plan) -> Result<(), Failure> 
 }
 
 /// New connections at `plan.rate` per second until `go` announces the end
-/// and it has passed.
+/// and it has passed. Returns how long it kept starting them.
 async fn churn(
     entry: SocketAddr,
     plan: Arc<Plan>,
     state: Arc<State>,
     go: watch::Receiver<Option<Instant>>,
-) {
+) -> Duration {
+    let start = Instant::now();
     let slots = Arc::new(Semaphore::new(plan.churn_concurrency));
     let mut tick = tokio::time::interval(Duration::from_secs(1) / plan.rate.max(1));
     let mut n = 0u64;
@@ -417,8 +418,10 @@ async fn churn(
             drop(slot);
         });
     }
+    let ran = start.elapsed();
     // Wait for the ones in flight (each is bounded by its timeouts).
     let _ = slots.acquire_many(plan.churn_concurrency as u32).await;
+    ran
 }
 
 /// One proxy at one moment.
@@ -518,6 +521,8 @@ pub fn progress_line(p: &Point, held: usize) -> String {
 pub struct Span {
     /// Idle, before any connection.
     pub start: f64,
+    /// The first sample after the ramp: every held connection open.
+    pub ramped: f64,
     pub peak: f64,
     /// The last sample under load (before the held connections closed).
     pub end: f64,
@@ -540,6 +545,7 @@ pub struct Summary {
     pub held_opens: u64,
     pub churn_ok: u64,
     pub churn_failed: u64,
+    /// Over the time new connections were being started.
     pub churn_per_s: f64,
     pub churn_p50_ms: f64,
     pub churn_p99_ms: f64,
@@ -559,21 +565,20 @@ pub struct Summary {
     pub handshake_failures: [u64; 2],
     pub refused: [u64; 2],
     pub rss_mib: [Span; 2],
+    /// The anonymous part of the RSS (heap and stacks).
+    pub anon_mib: [Span; 2],
     pub fds: [Span; 2],
     pub cpu_seconds: [f64; 2],
     pub passed: bool,
 }
 
-fn span(
-    idle: &Point,
-    under_load: &[Point],
-    after: &Point,
-    i: usize,
-    f: fn(&ProxyPoint) -> f64,
-) -> Span {
+fn span(series: &Series, ramp_s: f64, i: usize, f: fn(&ProxyPoint) -> f64) -> Span {
+    let (idle, under_load, after) = (&series.idle, &series.load[..], &series.after);
     let all = std::iter::once(idle).chain(under_load).chain([after]);
+    let ramped = under_load.iter().find(|p| p.t_s >= ramp_s);
     Span {
         start: f(&idle.proxies[i]),
+        ramped: ramped.map_or(f64::NAN, |p| f(&p.proxies[i])),
         peak: all.map(|p| f(&p.proxies[i])).fold(f64::MIN, f64::max),
         end: under_load.last().map_or(f64::NAN, |p| f(&p.proxies[i])),
         after: f(&after.proxies[i]),
@@ -601,10 +606,11 @@ fn summarize(
     plan: &Plan,
     state: &State,
     series: &Series,
-    [ramp_s, total_s]: [f64; 2],
+    [ramp_s, churn_s, total_s]: [f64; 3],
     certd_issued: u64,
 ) -> Summary {
     let (idle, load, after) = (&series.idle, &series.load[..], &series.after);
+    let span = |i, f| span(series, ramp_s, i, f);
     let failures: Vec<(Phase, Reason, u64)> = state
         .failures
         .lock()
@@ -629,7 +635,7 @@ fn summarize(
         held_opens: state.held_opens.load(Ordering::Relaxed),
         churn_ok,
         churn_failed,
-        churn_per_s: (churn_ok + churn_failed) as f64 / total_s.max(1e-9),
+        churn_per_s: (churn_ok + churn_failed) as f64 / churn_s.max(1e-9),
         churn_p50_ms: ms(h.value_at_quantile(0.5)),
         churn_p99_ms: ms(h.value_at_quantile(0.99)),
         churn_max_ms: ms(h.max()),
@@ -648,8 +654,9 @@ fn summarize(
         certd_issued,
         handshake_failures: per(|p| p.handshake_failures),
         refused: per(|p| p.refused),
-        rss_mib: [0, 1].map(|i| span(idle, load, after, i, |p| p.rss_mib)),
-        fds: [0, 1].map(|i| span(idle, load, after, i, |p| p.fds as f64)),
+        rss_mib: [0, 1].map(|i| span(i, |p| p.rss_mib)),
+        anon_mib: [0, 1].map(|i| span(i, |p| p.anon_mib)),
+        fds: [0, 1].map(|i| span(i, |p| p.fds as f64)),
         cpu_seconds: [0, 1].map(|i| after.proxies[i].cpu_seconds - idle.proxies[i].cpu_seconds),
     }
 }
@@ -728,16 +735,28 @@ pub fn render(s: &Summary) -> String {
     let _ = writeln!(t);
     let _ = writeln!(
         t,
-        "| proxy | RSS MiB idle / peak / end / after close | fds idle / peak / end / after close | KiB per held connection | CPU s |"
+        "| proxy | RSS MiB idle / ramped / peak / end / after close | anonymous MiB idle / end / after close | fds idle / peak / end / after close | KiB per held connection | CPU s |"
     );
-    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for (i, who) in ["client (outbound)", "server (inbound)"].iter().enumerate() {
-        let (r, f) = (s.rss_mib[i], s.fds[i]);
+        let (r, a, f) = (s.rss_mib[i], s.anon_mib[i], s.fds[i]);
         let per_conn = (r.end - r.start) * 1024.0 / s.held_at_end.max(1) as f64;
         let _ = writeln!(
             t,
-            "| {who} | {:.1} / {:.1} / {:.1} / {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {per_conn:.1} | {:.1} |",
-            r.start, r.peak, r.end, r.after, f.start, f.peak, f.end, f.after, s.cpu_seconds[i]
+            "| {who} | {:.1} / {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {per_conn:.1} | {:.1} |",
+            r.start,
+            r.ramped,
+            r.peak,
+            r.end,
+            r.after,
+            a.start,
+            a.end,
+            a.after,
+            f.start,
+            f.peak,
+            f.end,
+            f.after,
+            s.cpu_seconds[i]
         );
     }
     if !s.examples.is_empty() {
@@ -900,8 +919,12 @@ pub async fn run(bin: &Path, plan: Plan) -> anyhow::Result<Report> {
             );
         }
     }
-    let _ = timeout_at(budget, churning).await;
+    let churned = tokio::time::timeout_at(budget, churning).await;
     let total_s = t0.elapsed().as_secs_f64();
+    let churn_s = churned
+        .ok()
+        .and_then(Result::ok)
+        .map_or(total_s, |d| d.as_secs_f64());
     stop.store(true, Ordering::Relaxed);
     let load = sampling
         .join()
@@ -912,7 +935,13 @@ pub async fn run(bin: &Path, plan: Plan) -> anyhow::Result<Report> {
     eprintln!("after close: {}", progress_line(&after, plan.held));
     let series = Series { idle, load, after };
     let certd_issued = certd.metrics.requests("issued");
-    let summary = summarize(&plan, &state, &series, [ramp_s, total_s], certd_issued);
+    let summary = summarize(
+        &plan,
+        &state,
+        &series,
+        [ramp_s, churn_s, total_s],
+        certd_issued,
+    );
     drop(pair);
     drop(certd);
     Ok(Report { summary, series })
