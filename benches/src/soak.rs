@@ -154,6 +154,7 @@ impl Failure {
 
 /// Errors kept verbatim (the first few) so a failed run says what happened.
 const EXAMPLES: usize = 20;
+const EXAMPLES_PER_KIND: u64 = 3;
 
 /// Counters shared by the connection tasks and the sampler.
 #[derive(Debug)]
@@ -188,9 +189,11 @@ impl State {
             self.churn_failed.fetch_add(1, Ordering::Relaxed);
         }
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        *failures.entry((phase, f.reason)).or_default() += 1;
+        let seen = failures.entry((phase, f.reason)).or_default();
+        *seen += 1;
         let mut ex = self.examples.lock().unwrap_or_else(|p| p.into_inner());
-        if ex.len() < EXAMPLES {
+        // The first few of each kind, so one kind cannot hide the others.
+        if *seen <= EXAMPLES_PER_KIND && ex.len() < EXAMPLES {
             ex.push(format!(
                 "{}: {}: {}",
                 phase.name(),
