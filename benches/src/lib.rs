@@ -11,7 +11,11 @@
 //! The proxies are the real `meshlite-proxy` binary (release build), one process
 //! each, so their RSS and CPU time can be read from `/proc`. The client and the
 //! server run in this process. See `benches/README.md` for the method.
+//!
+//! [`soak`] is apart from the suite: one long run of held and new connections
+//! while certd rotates the pair's certificates (`meshlite-soak`).
 
 pub mod procs;
 pub mod report;
+pub mod soak;
 pub mod workloads;

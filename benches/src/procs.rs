@@ -34,6 +34,52 @@ pub struct PairOptions {
     pub no_resumption: bool,
     pub classic_kx: bool,
     pub worker_threads: Option<usize>,
+    /// Get certificates from certd (and keep them renewed) instead of reading
+    /// the PEM files [`write_credentials`] wrote.
+    pub certd: Option<CertdCreds>,
+}
+
+/// How the proxies reach certd: its cluster-mode client, against certd's
+/// embedded mode. The workloads are `ns/<namespace>/sa/client` and
+/// `ns/<namespace>/sa/server`.
+#[derive(Debug, Clone)]
+pub struct CertdCreds {
+    pub url: String,
+    /// certd's CA: the proxies' trust bundle, which also verifies certd.
+    pub bundle: PathBuf,
+    pub namespace: String,
+    /// Holds `client.token` and `server.token`, the bearer tokens certd knows.
+    pub token_dir: PathBuf,
+}
+
+impl CertdCreds {
+    fn args(&self, who: &str) -> Vec<String> {
+        vec![
+            "--certd-url".into(),
+            self.url.clone(),
+            "--token-file".into(),
+            self.token_dir
+                .join(format!("{who}.token"))
+                .display()
+                .to_string(),
+            "--namespace".into(),
+            self.namespace.clone(),
+            "--service-account".into(),
+            who.into(),
+            "--trust-bundle".into(),
+            self.bundle.display().to_string(),
+        ]
+    }
+
+    /// The identity the server proxy gets, which the client proxy pins (there
+    /// is no cluster for secure naming to answer from).
+    pub fn server_identity(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/server",
+            meshlite_contract::DEFAULT_TRUST_DOMAIN,
+            self.namespace
+        )
+    }
 }
 
 /// Builds the release proxy binary and returns its path.
@@ -128,6 +174,18 @@ impl ProxyProc {
         }
     }
 
+    /// Open file descriptors (sockets, mostly).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+    }
+
+    /// The admin port's `/metrics` text, or empty if it did not answer.
+    pub fn metrics(&self) -> String {
+        admin_get(self.admin, "/metrics")
+            .and_then(|r| r.split_once("\r\n\r\n").map(|(_, body)| body.to_string()))
+            .unwrap_or_default()
+    }
+
     /// Resets the peak-RSS watermark (Linux `clear_refs` 5).
     pub fn reset_peak(&self) {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
@@ -160,15 +218,23 @@ fn spawn(bin: &Path, args: &[String], opts: &PairOptions) -> anyhow::Result<Chil
     cmd.spawn().context("spawning meshlite-proxy")
 }
 
-fn ready(admin: SocketAddr) -> bool {
+/// A GET on a proxy's admin port: the whole response, head and body.
+fn admin_get(admin: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(admin) else {
-        return false;
-    };
-    let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn ready(admin: SocketAddr) -> bool {
+    admin_get(admin, "/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
 }
 
 impl Pair {
@@ -184,6 +250,9 @@ impl Pair {
         let outbound = free_port()?;
         let (admin_c, admin_s) = (free_port()?, free_port()?);
         let creds = |who: &str| {
+            if let Some(certd) = &opts.certd {
+                return certd.args(who);
+            }
             let d = dir.join(who);
             vec![
                 "--cert".into(),
@@ -232,6 +301,9 @@ impl Pair {
             admin_c.to_string(),
         ];
         client_args.extend(creds("client"));
+        if let Some(certd) = &opts.certd {
+            client_args.extend(["--outbound-expect-identity".into(), certd.server_identity()]);
+        }
         client_args.extend(common);
         let server = ProxyProc {
             child: spawn(bin, &server_args, opts)?,
@@ -268,6 +340,33 @@ pub fn write_credentials(dir: &Path) -> anyhow::Result<()> {
         ca.write_files(&d, id)?;
     }
     Ok(())
+}
+
+/// Raises this process's open-file limit to its hard limit (children, such
+/// as the proxies, inherit it) and fails if that is below `need`.
+pub fn raise_fd_limit(need: u64) -> anyhow::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit are given a valid rlimit to read and write.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            bail!("getrlimit: {}", std::io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            bail!("setrlimit: {}", std::io::Error::last_os_error());
+        }
+    }
+    let have = lim.rlim_cur;
+    if have < need {
+        bail!(
+            "RLIMIT_NOFILE: the hard limit is {have} open files, this run needs about {need} \
+             per process (raise it with `ulimit -Hn` as root, or hold fewer connections)"
+        );
+    }
+    Ok(have)
 }
 
 /// Pins the calling process (and the threads it creates later) to one CPU.

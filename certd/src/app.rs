@@ -247,6 +247,36 @@ pub async fn start_embedded(
     )
 }
 
+/// Tests and benchmarks: embedded certd on a loopback port of its own, in
+/// the default trust domain, its CA in `ca_dir` (generated there if absent),
+/// its callers in `tokens_file`, issuing leaves valid for `lifetime` (which
+/// may be below the CSR API's minimum). Its URL is `https://<addr>`.
+#[cfg(feature = "test-util")]
+pub async fn start_loopback(
+    ca_dir: &Path,
+    tokens_file: &Path,
+    lifetime: std::time::Duration,
+) -> Result<Running, AppError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io(Path::new("127.0.0.1:0")))?;
+    let addr = listener.local_addr().map_err(io(Path::new("listener")))?;
+    let embedded = EmbeddedSettings {
+        ca: EmbeddedCa::Dir(ca_dir.to_path_buf()),
+        tokens_file: tokens_file.to_path_buf(),
+        dns_names: vec!["localhost".into()],
+        ips: vec![addr.ip()],
+    };
+    let settings = Settings {
+        listen: addr,
+        limits: crate::config::default_limits(),
+        trust_domain: meshlite_contract::TrustDomain::default(),
+        lifetime: crate::approval::Lifetime::for_tests(lifetime),
+        mode: crate::config::Mode::Embedded(embedded.clone()),
+    };
+    start_embedded(&settings, &embedded, listener).await
+}
+
 /// Starts embedded mode from already-loaded parts (tests use this directly).
 pub fn start_embedded_with(
     settings: &Settings,
