@@ -572,6 +572,8 @@ pub struct Summary {
     pub anon_mib: [Span; 2],
     pub fds: [Span; 2],
     pub cpu_seconds: [f64; 2],
+    /// See [`Series::settled_s`].
+    pub settled_s: Option<f64>,
     pub passed: bool,
 }
 
@@ -661,6 +663,7 @@ fn summarize(
         anon_mib: [0, 1].map(|i| span(i, |p| p.anon_mib)),
         fds: [0, 1].map(|i| span(i, |p| p.fds as f64)),
         cpu_seconds: [0, 1].map(|i| after.proxies[i].cpu_seconds - idle.proxies[i].cpu_seconds),
+        settled_s: series.settled_s,
     }
 }
 
@@ -735,6 +738,19 @@ pub fn render(s: &Summary) -> String {
         "| proxies' handshake failures / refusals | client {} / {}, server {} / {} |",
         s.handshake_failures[0], s.refused[0], s.handshake_failures[1], s.refused[1]
     );
+    let _ = writeln!(
+        t,
+        "| memory after close | {} |",
+        match s.settled_s {
+            Some(secs) => format!(
+                "both proxies back within {SETTLED_MIB:.0} MiB of idle RSS {secs:.0} s after the close"
+            ),
+            None => format!(
+                "not back within {SETTLED_MIB:.0} MiB of idle RSS {:.0} s after the close",
+                SETTLE_WAIT.as_secs_f64()
+            ),
+        }
+    );
     let _ = writeln!(t);
     let _ = writeln!(
         t,
@@ -778,9 +794,18 @@ pub struct Series {
     pub idle: Point,
     /// Every `sample_every` from the start of the ramp to the close.
     pub load: Vec<Point>,
-    /// After every connection closed.
+    /// After every connection closed: once both proxies' RSS is back within
+    /// [`SETTLED_MIB`] of idle, or [`SETTLE_WAIT`] after the close.
     pub after: Point,
+    /// Seconds from the close until both proxies were back within
+    /// [`SETTLED_MIB`] of their idle RSS; `None` if not within [`SETTLE_WAIT`].
+    pub settled_s: Option<f64>,
 }
+
+/// How close to idle RSS counts as having given the memory back (issue 13's bar).
+pub const SETTLED_MIB: f64 = 20.0;
+/// How long after the close the proxies are watched for that.
+pub const SETTLE_WAIT: Duration = Duration::from_secs(60);
 
 impl Series {
     fn all(&self) -> Vec<Point> {
@@ -932,11 +957,28 @@ pub async fn run(bin: &Path, plan: Plan) -> anyhow::Result<Report> {
     let load = sampling
         .join()
         .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
-    // Let the proxies finish closing before the last sample.
+    // Let the proxies finish closing, then watch their RSS come back down.
+    let closed = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = tokio::task::block_in_place(|| point(t0, &pair, &state));
+    let settled =
+        |p: &Point| (0..2).all(|i| p.proxies[i].rss_mib <= idle.proxies[i].rss_mib + SETTLED_MIB);
+    let (after, settled_s) = loop {
+        let after = tokio::task::block_in_place(|| point(t0, &pair, &state));
+        if settled(&after) {
+            break (after, Some(closed.elapsed().as_secs_f64()));
+        }
+        if closed.elapsed() >= SETTLE_WAIT {
+            break (after, None);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
     eprintln!("after close: {}", progress_line(&after, plan.held));
-    let series = Series { idle, load, after };
+    let series = Series {
+        idle,
+        load,
+        after,
+        settled_s,
+    };
     let certd_issued = certd.metrics.requests("issued");
     let summary = summarize(
         &plan,

@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod relay;
 pub mod reload;
 pub mod tls;
+pub mod trim;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;

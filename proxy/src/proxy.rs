@@ -360,6 +360,10 @@ impl Bound {
                 ctx.config.reload_interval,
             ));
         }
+        background.spawn(crate::trim::run(
+            ctx.limiter.clone(),
+            ctx.config.max_connections,
+        ));
         if let Some(admin) = self.admin {
             let admin_ctx = ctx.clone();
             let stop = stop_accepting.clone();
