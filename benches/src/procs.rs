@@ -345,21 +345,8 @@ pub fn write_credentials(dir: &Path) -> anyhow::Result<()> {
 /// Raises this process's open-file limit to its hard limit (children, such
 /// as the proxies, inherit it) and fails if that is below `need`.
 pub fn raise_fd_limit(need: u64) -> anyhow::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit are given a valid rlimit to read and write.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            bail!("getrlimit: {}", std::io::Error::last_os_error());
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            bail!("setrlimit: {}", std::io::Error::last_os_error());
-        }
-    }
-    let have = lim.rlim_cur;
+    // None: unlimited.
+    let have = meshlite_proxy::config::raise_nofile_limit().unwrap_or(u64::MAX);
     if have < need {
         bail!(
             "RLIMIT_NOFILE: the hard limit is {have} open files, this run needs about {need} \

@@ -96,7 +96,19 @@ pub fn proxy_container(
         name: PROXY_CONTAINER.into(),
         image: Some(cfg.image.clone()),
         image_pull_policy: cfg.image_pull_policy.clone(),
-        args: Some(vec!["run".into()]),
+        // In legacy mode the proxy is stopped together with the app: it keeps
+        // accepting, not ready, while the endpoint's removal spreads to every
+        // node (a native sidecar is only stopped after the app has exited, so
+        // it needs no window).
+        args: Some(if cfg.legacy() {
+            vec![
+                "run".into(),
+                "--drain-accept".into(),
+                LEGACY_DRAIN_ACCEPT.into(),
+            ]
+        } else {
+            vec!["run".into()]
+        }),
         env: Some(env_vars(cfg, settings, app_probes)),
         resources: Some(resources(&cfg.proxy_resources)),
         security_context: Some(SecurityContext {
@@ -123,14 +135,6 @@ pub fn proxy_container(
         ..Default::default()
     };
     if cfg.legacy() {
-        // Stopped together with the app: keep accepting, not ready, while the
-        // endpoint's removal spreads to every node (a native sidecar is only
-        // stopped after the app has exited, so it needs no window).
-        c.args = Some(vec![
-            "run".into(),
-            "--drain-accept".into(),
-            LEGACY_DRAIN_ACCEPT.into(),
-        ]);
         // Before 1.29 there is no startup ordering for sidecars, but the kubelet
         // starts containers in order and waits for each postStart hook: the
         // proxy goes first and its hook returns once it is ready.

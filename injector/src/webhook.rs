@@ -145,14 +145,11 @@ impl Webhook {
         };
         // Allowed without reading the namespace, except an opt-out, which a
         // namespace enforcing strict mode forbids (settings.rs).
-        if let Some(reason) = skip_reason(&pod).filter(|r| *r != SkipReason::OptedOut) {
+        let skip = skip_reason(&pod);
+        if let Some(reason) = skip.filter(|r| *r != SkipReason::OptedOut) {
             return Answer::Review(AdmissionReviewResponse::allow(uid), reason.label());
         }
-        if let Some(refusal) = self
-            .refusal
-            .as_ref()
-            .filter(|_| skip_reason(&pod).is_none())
-        {
+        if let Some(refusal) = self.refusal.as_ref().filter(|_| skip.is_none()) {
             return Answer::Review(
                 AdmissionReviewResponse::deny(uid, 400, refusal.to_string()),
                 "misconfigured",

@@ -290,10 +290,11 @@ fn connection_limit(flag: Option<usize>, memory_flag: Option<u64>) -> usize {
     let nofile = config::raise_nofile_limit();
     let (n, source) = config::connection_limit(flag, memory, nofile);
     let mib = |b: u64| b >> 20;
+    let needs = config::memory_for_connections(n);
     match (source, memory) {
-        (LimitSource::Flag, Some(m)) if config::memory_for_connections(n) > m => tracing::warn!(
+        (LimitSource::Flag, Some(m)) if needs > m => tracing::warn!(
             max_connections = n,
-            needs_mib = mib(config::memory_for_connections(n)),
+            needs_mib = mib(needs),
             memory_limit_mib = mib(m),
             "--max-connections needs more memory than the limit: the OOM killer may stop the \
              proxy before the limit refuses connections"

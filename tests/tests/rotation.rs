@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
-use meshlite_certd::config::{EmbeddedCa, EmbeddedSettings, Mode, Settings};
 use meshlite_contract::{SpiffeId, TrustDomain};
 use meshlite_proxy::config::CredSource;
 use meshlite_proxy::identity_client::ClientConfig;
@@ -50,25 +49,10 @@ async fn start_certd(dir: &Path) -> (meshlite_certd::app::Running, http::Uri) {
         "token-client shop client\ntoken-server shop server\n",
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let embedded = EmbeddedSettings {
-        ca: EmbeddedCa::Dir(dir.join("ca")),
-        tokens_file: dir.join("tokens"),
-        dns_names: vec![],
-        ips: vec![addr.ip()],
-    };
-    let settings = Settings {
-        listen: addr,
-        limits: meshlite_certd::config::default_limits(),
-        trust_domain: TrustDomain::default(),
-        lifetime: meshlite_certd::approval::Lifetime::for_tests(LIFETIME),
-        mode: Mode::Embedded(embedded.clone()),
-    };
-    let certd = meshlite_certd::app::start_embedded(&settings, &embedded, listener)
+    let certd = meshlite_certd::app::start_loopback(&dir.join("ca"), &dir.join("tokens"), LIFETIME)
         .await
         .unwrap();
-    let url: http::Uri = format!("https://{addr}").parse().unwrap();
+    let url: http::Uri = format!("https://{}", certd.addr).parse().unwrap();
     (certd, url)
 }
 
