@@ -36,3 +36,29 @@ pub struct ErrorBody {
     /// A human-readable explanation.
     pub message: String,
 }
+
+/// The proxy admin port's `GET /identity` (port 15020): the workload
+/// certificate the proxy presents now, and the roots it trusts. Everything in
+/// it is public material; the key never leaves the proxy. `kubectl meshlite`
+/// reads it through the API server's pod proxy subresource.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyIdentity {
+    /// The SPIFFE ID in the leaf's URI SAN.
+    pub spiffe_id: String,
+    /// The leaf's serial number, lowercase hex without separators.
+    pub serial: String,
+    /// The leaf's issuer, as an RFC 4514 string.
+    pub issuer: String,
+    /// RFC 3339, UTC.
+    pub not_before: String,
+    /// RFC 3339, UTC.
+    pub not_after: String,
+    /// PEM: the leaf first, then any intermediates.
+    pub certificate_chain: String,
+    /// PEM: every root the proxy accepts peers from.
+    pub trust_bundle: String,
+}
+
+/// Admin path of [`ProxyIdentity`].
+pub const PROXY_IDENTITY_PATH: &str = "/identity";

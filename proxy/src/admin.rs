@@ -1,5 +1,6 @@
-//! The admin server (port 15020): `/live`, `/ready`, `/metrics`, `/shutdown`,
-//! and the application's rewritten probes under `/app-health/`.
+//! The admin server (port 15020): `/live`, `/ready`, `/metrics`, `/identity`
+//! (the certificate presented now and the roots trusted, as JSON),
+//! `/shutdown`, and the application's rewritten probes under `/app-health/`.
 //!
 //! `/ready` is true only while the proxy holds a valid workload certificate and
 //! is not draining. `/shutdown` (POST) starts a graceful shutdown: that is how a
@@ -44,6 +45,60 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = text(status, body);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `GET /identity`: the certificate the proxy presents now and the roots it
+/// trusts, all public.
+fn identity(configs: &crate::tls::TlsConfigs) -> Result<String, String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let leaf = configs.chain.first().ok_or("the chain is empty")?;
+    let (_, x509) = X509Certificate::from_der(leaf.as_ref())
+        .map_err(|e| format!("the leaf does not parse: {e}"))?;
+    let serial: String = x509
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let pems = |certs: &[rustls::pki_types::CertificateDer<'static>]| -> String {
+        certs.iter().map(|c| pem("CERTIFICATE", c)).collect()
+    };
+    let body = meshlite_contract::api::ProxyIdentity {
+        spiffe_id: configs.identity.to_uri(),
+        serial,
+        issuer: x509.issuer().to_string(),
+        not_before: rfc3339(configs.not_before),
+        not_after: rfc3339(configs.not_after),
+        certificate_chain: pems(&configs.chain),
+        trust_bundle: pems(&configs.roots),
+    };
+    serde_json::to_string_pretty(&body).map_err(|e| e.to_string())
 }
 
 /// Whether a request may be served to `peer`: reading is open to everyone,
@@ -94,6 +149,16 @@ async fn route(
             );
             resp
         }
+        (&Method::GET, meshlite_contract::api::PROXY_IDENTITY_PATH) => match ctx.creds.current() {
+            Some(configs) => match identity(&configs) {
+                Ok(body) => json(StatusCode::OK, body),
+                Err(why) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+            },
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no valid workload certificate\n",
+            ),
+        },
         (&Method::POST, "/shutdown") => {
             tracing::info!("shutdown requested through the admin port");
             shutdown.cancel();

@@ -5,6 +5,7 @@
 mod support;
 
 use meshlite_proxy::testing::{TestCa, echo_server};
+use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -154,4 +155,50 @@ async fn admin_reports_readiness_only_with_credentials_and_serves_metrics() {
         "{body}"
     );
     assert_eq!(http_get(proxy.admin, "/nope").await.0, 404);
+}
+
+#[tokio::test]
+async fn admin_identity_shows_the_presented_certificate_and_the_trusted_roots() {
+    let ca = TestCa::new("mesh root");
+    let backend = echo_server().await;
+    let cfg = meshlite_proxy::Config::explicit(td(), None, Some(backend));
+    let proxy = start(cfg, None).await;
+    let (status, body) = http_get(proxy.admin, "/identity").await;
+    assert_eq!(status, 503, "nothing to show before a certificate: {body}");
+
+    let creds = ca.credentials(SERVER_ID);
+    let leaf = creds.chain[0].clone();
+    proxy.creds.publish(creds).unwrap();
+    let (status, body) = http_get(proxy.admin, "/identity").await;
+    assert_eq!(status, 200, "{body}");
+    let json = &body[body.find("\r\n\r\n").unwrap() + 4..];
+    let id: meshlite_contract::api::ProxyIdentity = serde_json::from_str(json).unwrap();
+    assert_eq!(id.spiffe_id, SERVER_ID);
+    assert!(id.issuer.contains("mesh root"), "{}", id.issuer);
+    let (_, x509) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let serial: String = x509
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(id.serial, serial);
+    assert_eq!(
+        time::OffsetDateTime::parse(
+            &id.not_after,
+            &time::format_description::well_known::Rfc3339
+        )
+        .unwrap()
+        .unix_timestamp(),
+        x509.validity().not_after.timestamp()
+    );
+    let chain: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(id.certificate_chain.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(chain, vec![leaf]);
+    let roots: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(id.trust_bundle.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(roots, vec![ca.cert()]);
 }

@@ -92,6 +92,9 @@ pub struct TlsConfigs {
     pub identity: SpiffeId,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// What the proxy presents and trusts (public material, for `/identity`).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub roots: Vec<CertificateDer<'static>>,
 }
 
 impl TlsConfigs {
@@ -315,6 +318,8 @@ pub fn build(
         identity: info.id,
         not_before: info.not_before,
         not_after: info.not_after,
+        chain: creds.chain,
+        roots: creds.roots,
     })
 }
 
