@@ -193,9 +193,20 @@ impl Ca {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "meshlite");
+        let now = OffsetDateTime::now_utc();
+        // The creation time tells an old root from its successor during a
+        // rotation (in `kubectl meshlite identity`, the issuer of each leaf).
         dn.push(
             DnType::CommonName,
-            format!("meshlite root CA ({trust_domain})"),
+            format!(
+                "meshlite root CA ({trust_domain}, {:04}-{:02}-{:02}T{:02}{:02}{:02}Z)",
+                now.year(),
+                u8::from(now.month()),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second()
+            ),
         );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -204,7 +215,6 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + ROOT_LIFETIME;
         params.serial_number = Some(random_serial());

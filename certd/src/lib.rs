@@ -31,6 +31,7 @@ pub mod identity;
 pub mod kube;
 pub mod metrics;
 pub mod naming;
+pub mod rbac;
 pub mod review;
 pub mod server;
 pub mod signer;
