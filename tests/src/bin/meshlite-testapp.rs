@@ -15,6 +15,10 @@
 //! `hold ADDR SECS` keeps one connection open for SECS seconds, sending a line
 //! every second and printing how many answers came back (a long-lived stream
 //! across certificate rotations).
+//! `repeat ADDR SECS` makes a new connection every second for SECS seconds,
+//! each a `call`: every failure is printed as `FAIL tick=<n> <why>` when it
+//! happens, and `repeat: <ok> ok, <failed> failed` every 10 ticks and at the
+//! end (new handshakes, and so new certificates, across a CA rotation).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -29,8 +33,10 @@ fn main() -> ExitCode {
         ["serve", port] => serve(port),
         ["call", addr, msg] => call(addr, msg),
         ["hold", addr, secs] => hold(addr, secs),
+        ["repeat", addr, secs] => repeat(addr, secs),
         _ => Err(
-            "usage: meshlite-testapp pause | serve PORT | call ADDR MSG | hold ADDR SECS".into(),
+            "usage: meshlite-testapp pause | serve PORT | call ADDR MSG | hold ADDR SECS | repeat ADDR SECS"
+                .into(),
         ),
     };
     match result {
@@ -155,5 +161,43 @@ fn hold(addr: &str, secs: &str) -> Result {
         Err(format!(
             "the connection to {addr} broke after {answered} of {secs}"
         ))
+    }
+}
+
+fn repeat(addr: &str, secs: &str) -> Result {
+    let secs: u64 = secs.parse().map_err(|e| format!("SECS {secs:?}: {e}"))?;
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for tick in 0..secs {
+        let once = || -> Result {
+            let mut conn = connect(addr)?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            writeln!(conn, "repeat {tick}").map_err(|e| format!("send: {e}"))?;
+            let mut answer = String::new();
+            BufReader::new(conn)
+                .read_line(&mut answer)
+                .map_err(|e| format!("read: {e}"))?;
+            if answer.is_empty() {
+                return Err("closed without an answer".into());
+            }
+            Ok(())
+        };
+        match once() {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                println!("FAIL tick={tick} {e}");
+            }
+        }
+        if (tick + 1) % 10 == 0 {
+            println!("repeat: {ok} ok, {failed} failed");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("repeat: {ok} ok, {failed} failed");
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} of {secs} connections to {addr} failed"))
     }
 }
