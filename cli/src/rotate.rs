@@ -601,12 +601,9 @@ pub async fn rotate(client: &kube::Client, system_ns: &str, opts: &Options) -> a
                     );
                     return Ok(EXIT_IN_PROGRESS);
                 }
-                tokio::time::sleep(
-                    left.try_into()
-                        .unwrap_or(opts.poll)
-                        .min(opts.poll.max(Duration::from_secs(1)) * 6),
-                )
-                .await;
+                // Nothing it waits for can come sooner: sleep through, and
+                // look at the Secrets again only when the wait is over.
+                tokio::time::sleep(left.try_into().unwrap_or(opts.poll)).await;
             }
             Step::RemoveOldRoots => {
                 let (_, n) = next.as_ref().ok_or_else(|| anyhow!("no -next Secret"))?;

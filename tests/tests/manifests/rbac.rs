@@ -510,3 +510,42 @@ fn certd_source_uses_the_listed_resources_and_verbs() {
         }
     }
 }
+
+/// `kubectl meshlite check` asks the API server about each permission in
+/// certd's `rbac::required`: that list must be exactly what rbac-certd.yaml
+/// grants, or the check would pass an install that breaks, or fail a good one.
+#[test]
+fn the_plugins_rbac_check_asks_for_exactly_what_certd_is_granted() {
+    use meshlite_certd::rbac::{Names, required};
+    let asked: BTreeSet<Grant> = required(&Names::default())
+        .into_iter()
+        .map(|p| {
+            let scope = match p.namespace.as_deref() {
+                None => Scope::Cluster,
+                Some(ns) => {
+                    assert_eq!(ns, contract::SYSTEM_NAMESPACE, "{p:?}");
+                    Scope::System
+                }
+            };
+            let resource = if p.subresource.is_empty() {
+                p.resource.to_string()
+            } else {
+                format!("{}/{}", p.resource, p.subresource)
+            };
+            (
+                scope,
+                p.group.to_string(),
+                resource,
+                p.verb.to_string(),
+                p.name,
+            )
+        })
+        .collect();
+    let granted = granted_to(&control_plane(), "meshlite-certd");
+    let not_asked: Vec<&Grant> = granted.difference(&asked).collect();
+    let not_granted: Vec<&Grant> = asked.difference(&granted).collect();
+    assert!(
+        not_asked.is_empty() && not_granted.is_empty(),
+        "rbac::required and deploy/rbac-certd.yaml differ\n  granted, not checked: {not_asked:#?}\n  checked, not granted: {not_granted:#?}"
+    );
+}
