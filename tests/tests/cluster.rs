@@ -8,7 +8,8 @@
 //! capture, strict mode, `kubectl meshlite` (check against each break, the
 //! proxies' identities, and a CA rotation in its four steps under traffic that
 //! runs meanwhile), Jobs, a certd restart during issuance, a certificate
-//! rotation under a live connection, and uninstall.
+//! rotation under a live connection, uninstall, and then the same control
+//! plane installed with the Helm chart (`cluster/helm.rs`).
 //!
 //! `harness = false`: what it prints (the Kubernetes version, the capture
 //! summary) reaches CI's log even when it passes. It needs root and the tools
@@ -17,6 +18,13 @@
 
 // Test code: a failed step should panic right there, with its context.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// Without the path, this crate root's `mod helm;` would load tests/helm.rs,
+// the chart's template tests (a test crate of their own).
+#[path = "cluster/helm.rs"]
+mod helm;
+#[path = "cluster/plugin.rs"]
+mod plugin;
 
 use serde::Deserialize as _;
 use serde_json::Value;
@@ -112,10 +120,9 @@ fn scenarios(c: &Cluster) {
     plugin::finish_rotation(c, rotation);
     no_rbac_denials(&rbac_outage);
     uninstall(c, &applied);
+    // The same control plane from the Helm chart, on the now empty cluster.
+    helm::helm_install_meshes_two_pods(c);
 }
-
-#[path = "cluster/plugin.rs"]
-mod plugin;
 
 // --- the harness --------------------------------------------------------------
 
@@ -512,7 +519,18 @@ fn install(c: &Cluster) -> Vec<Value> {
         "-k",
         deploy,
     ]);
-    for object in &applied {
+    stored_as_applied(c, &applied);
+    println!(
+        "install: {} objects applied with --server-side --validate=strict; each stored as applied",
+        applied.len()
+    );
+    applied
+}
+
+/// Every field of every applied object is stored as it was applied (nothing
+/// pruned or changed by the server).
+fn stored_as_applied(c: &Cluster, applied: &[Value]) {
+    for object in applied {
         let kind = object["kind"].as_str().unwrap();
         let name = object["metadata"]["name"].as_str().unwrap();
         let group = object["apiVersion"]
@@ -534,11 +552,6 @@ fn install(c: &Cluster) -> Vec<Value> {
             panic!("the server did not store what was applied for {kind}/{name}: {path}");
         }
     }
-    println!(
-        "install: {} objects applied with --server-side --validate=strict; each stored as applied",
-        applied.len()
-    );
-    applied
 }
 
 /// Whether every field of `applied` is in `stored` with the same value.
@@ -581,13 +594,7 @@ fn control_plane_ready(c: &Cluster) {
             .as_str()
             .is_some_and(|s| !s.is_empty())
     );
-    let ca_bundle = eventually("certd patches the webhook's caBundle", 60, || {
-        let hook = c.json(&["get", "mutatingwebhookconfiguration", "meshlite-injector"]);
-        match hook["webhooks"][0]["clientConfig"]["caBundle"].as_str() {
-            Some(b) if !b.is_empty() => Ok(b.to_string()),
-            _ => Err(format!("caBundle is empty: {hook}")),
-        }
-    });
+    let ca_bundle = ca_bundle_set(c, "certd patches the webhook's caBundle");
     let ns = c.json(&["get", "namespace", "meshlite-system"]);
     assert_eq!(
         ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
@@ -597,6 +604,17 @@ fn control_plane_ready(c: &Cluster) {
         "control plane: certd and injector Ready under Pod Security restricted; caBundle {} bytes",
         ca_bundle.len()
     );
+}
+
+/// Waits up to a minute for certd to have written the webhook's caBundle.
+fn ca_bundle_set(c: &Cluster, what: &str) -> String {
+    eventually(what, 60, || {
+        let hook = c.json(&["get", "mutatingwebhookconfiguration", "meshlite-injector"]);
+        match hook["webhooks"][0]["clientConfig"]["caBundle"].as_str() {
+            Some(b) if !b.is_empty() => Ok(b.to_string()),
+            _ => Err(format!("caBundle is empty: {hook}")),
+        }
+    })
 }
 
 /// An install that stopped before the webhook (as one did on 1.24, when the
@@ -636,13 +654,7 @@ fn half_install_is_not_ready(c: &Cluster) {
         "app.kubernetes.io/name=meshlite-injector",
         "--timeout=120s",
     ]);
-    eventually("certd restores the webhook's caBundle", 60, || {
-        let hook = c.json(&["get", "mutatingwebhookconfiguration", "meshlite-injector"]);
-        match hook["webhooks"][0]["clientConfig"]["caBundle"].as_str() {
-            Some(b) if !b.is_empty() => Ok(()),
-            _ => Err("caBundle is empty".to_string()),
-        }
-    });
+    ca_bundle_set(c, "certd restores the webhook's caBundle");
     println!(
         "half install: without its webhook configuration the injector is not Ready; re-applied, Ready"
     );
@@ -1365,9 +1377,26 @@ fn no_rbac_denials(outage: &plugin::RbacOutage) {
 
 /// `kubectl delete -k deploy/` and the README's uninstall steps leave nothing.
 fn uninstall(c: &Cluster, applied: &[Value]) {
-    c.kubectl(&["delete", "namespace", "mesh", "plain", "--timeout=240s"]);
     let deploy = c.repo.join("deploy");
-    c.kubectl(&["delete", "-k", deploy.to_str().unwrap(), "--timeout=240s"]);
+    uninstall_steps(c, &["mesh", "plain"], || {
+        c.kubectl(&["delete", "-k", deploy.to_str().unwrap(), "--timeout=240s"]);
+    });
+    eventually("nothing of meshlite is left", 120, || meshlite_left(c));
+    println!(
+        "uninstall: {} applied objects deleted, nothing left",
+        applied.len()
+    );
+}
+
+/// The README's uninstall, with `remove` (kubectl delete -k, or helm
+/// uninstall) for the control plane: the meshed workloads' namespaces first,
+/// then the control plane, then what certd created outside its namespace.
+fn uninstall_steps(c: &Cluster, workload_namespaces: &[&str], remove: impl FnOnce()) {
+    let mut args = vec!["delete", "namespace"];
+    args.extend(workload_namespaces);
+    args.push("--timeout=240s");
+    c.kubectl(&args);
+    remove();
     c.kubectl(&[
         "delete",
         "configmap",
@@ -1376,37 +1405,35 @@ fn uninstall(c: &Cluster, applied: &[Value]) {
         "app.kubernetes.io/managed-by=meshlite-certd",
     ]);
     c.kubectl(&["delete", "csr", "-l", "meshlite.io/namespace"]);
-    let left = eventually("nothing of meshlite is left", 120, || {
-        let mut left = Vec::new();
-        for kind in [
-            "namespaces",
-            "clusterroles",
-            "clusterrolebindings",
-            "mutatingwebhookconfigurations",
-            "validatingwebhookconfigurations",
-            "certificatesigningrequests",
-            "configmaps",
-            "secrets",
-        ] {
-            let names = c.kubectl(&["get", kind, "-A", "-o", "name"]);
-            left.extend(
-                names
-                    .lines()
-                    .filter(|n| n.contains("meshlite"))
-                    .map(String::from),
-            );
-        }
-        if left.is_empty() {
-            Ok(left)
-        } else {
-            Err(format!("{left:?}"))
-        }
-    });
-    println!(
-        "uninstall: {} applied objects deleted, {} left",
-        applied.len(),
-        left.len()
-    );
+}
+
+/// Every object whose name has "meshlite" in it, of the kinds an install or
+/// certd creates (a Helm release's Secret included), or `Ok` if none is left.
+fn meshlite_left(c: &Cluster) -> Result<(), String> {
+    let mut left = Vec::new();
+    for kind in [
+        "namespaces",
+        "clusterroles",
+        "clusterrolebindings",
+        "mutatingwebhookconfigurations",
+        "validatingwebhookconfigurations",
+        "certificatesigningrequests",
+        "configmaps",
+        "secrets",
+    ] {
+        let names = c.kubectl(&["get", kind, "-A", "-o", "name"]);
+        left.extend(
+            names
+                .lines()
+                .filter(|n| n.contains("meshlite"))
+                .map(String::from),
+        );
+    }
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{left:?}"))
+    }
 }
 
 // --- the capture --------------------------------------------------------------
