@@ -239,7 +239,7 @@ pub fn pod_mesh(pod: &Pod) -> PodMesh {
         return PodMesh::Exempt("hostNetwork");
     }
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
+    if crate::kubeapi::finished(pod) {
         return PodMesh::Exempt("finished");
     }
     if has_proxy(pod) {

@@ -65,6 +65,11 @@ impl Connect {
         }
         .context("loading the kubeconfig")?;
         let mut config = config;
+        // kube retries 429/503/504 with backoff up to 1000 s by default; the
+        // pod proxy answers 503 at once for a pod with no proxy listening, and
+        // a check must say so then, not minutes later. Every command is run
+        // again by its user (or, for `ca rotate`, polls) instead.
+        config.default_retry = false;
         config.read_timeout = Some(Duration::from_secs(30));
         config.connect_timeout = Some(Duration::from_secs(10));
         kube::Client::try_from(config).context("building the Kubernetes client")
@@ -159,6 +164,15 @@ pub fn has_proxy(pod: &Pod) -> bool {
         .any(|c| c.name == PROXY_CONTAINER)
 }
 
+/// Whether the pod has finished (Succeeded or Failed): its proxy is gone
+/// with it, and nothing about it needs fixing.
+pub fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 /// Whether the proxy container reports ready.
 pub fn proxy_ready(pod: &Pod) -> bool {
     let Some(status) = &pod.status else {
@@ -183,14 +197,18 @@ pub fn expected_identity(pod: &Pod, trust_domain: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}")
 }
 
-/// The meshed pods of a namespace.
+/// The meshed pods of a namespace that have not finished.
 pub async fn meshed_pods(client: &kube::Client, ns: &str) -> anyhow::Result<Vec<Pod>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = api
         .list(&ListParams::default())
         .await
         .with_context(|| format!("listing pods in {ns}"))?;
-    Ok(list.items.into_iter().filter(has_proxy).collect())
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| has_proxy(p) && !finished(p))
+        .collect())
 }
 
 /// `GET /identity` on the pod's proxy admin port, through the API server
@@ -266,5 +284,14 @@ mod tests {
         );
         let plain = pod(serde_json::json!({"spec": {"containers": [{"name": "app"}]}}));
         assert!(!has_proxy(&plain));
+        for (phase, done) in [
+            ("Pending", false),
+            ("Running", false),
+            ("Succeeded", true),
+            ("Failed", true),
+        ] {
+            let p = pod(serde_json::json!({"status": {"phase": phase}}));
+            assert_eq!(finished(&p), done, "{phase}");
+        }
     }
 }

@@ -13,8 +13,9 @@
 //!   the value (certd's lifetime bounds are checked against certd's own).
 //!
 //! helm and kubectl are the ones `tests/cluster/build.sh` builds from their
-//! Go modules (CI runs it before `cargo test`); when they are missing the tests
-//! fail and say so, they never skip. The real install is a scenario of the
+//! Go modules and caches (the first test to need them runs it, as the
+//! real-cluster tier does; on a warm cache it builds nothing); when they cannot
+//! be built the tests fail and say so, they never skip. The real install is a scenario of the
 //! real-cluster tier (tests/tests/cluster/helm.rs).
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
@@ -49,21 +50,20 @@ fn chart_dir() -> PathBuf {
     repo_root().join("deploy/helm/meshlite")
 }
 
-/// The binaries `tests/cluster/build.sh` built; it is asked where they are,
-/// never to build them.
+/// The binaries `tests/cluster/build.sh` builds (once, if its cache lacks
+/// them) and prints the directory of.
 fn tools() -> &'static Tools {
     static TOOLS: OnceLock<Tools> = OnceLock::new();
     TOOLS.get_or_init(|| {
         let script = repo_root().join("tests/cluster/build.sh");
         let out = Command::new("bash")
             .arg(&script)
-            .arg("--locate")
             .output()
-            .unwrap_or_else(|e| panic!("running bash {} --locate: {e}", script.display()));
+            .unwrap_or_else(|e| panic!("running bash {}: {e}", script.display()));
         assert!(
             out.status.success(),
-            "helm and kubectl are missing: these tests use the ones tests/cluster/build.sh builds \
-             (CI runs it before cargo test); run tests/cluster/build.sh first.\n{}",
+            "tests/cluster/build.sh could not build helm and kubectl (it needs go, see \
+             tests/cluster/README.md):\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());

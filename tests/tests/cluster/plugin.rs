@@ -393,8 +393,8 @@ spec:
     let runs = std::thread::spawn(move || {
         let mut runs = Vec::new();
         // One run is expected to do it all (its wait for the old leaves is
-        // 600 s + 30 s + 60 s); one that stops at a wait (exit 3) is resumed,
-        // as a user would, within a bound on the whole rotation.
+        // 600 s + 30 s + 60 s); one that stops early is resumed, as a user
+        // would, within a bound on the whole rotation.
         let deadline = Instant::now() + std::time::Duration::from_secs(30 * 60);
         while Instant::now() < deadline {
             let out = Command::new(&kubectl)
@@ -418,7 +418,9 @@ spec:
                     String::from_utf8_lossy(&out.stderr)
                 ),
             };
-            let again = run.code == 3;
+            // 3: stopped at a wait; 2: the API server could not be used (a
+            // transient error): both resume where the rotation is.
+            let again = run.code == 3 || run.code == 2;
             runs.push(run);
             if !again {
                 break;
