@@ -182,9 +182,12 @@ impl Drop for Pump {
 }
 
 /// Relays until both directions are done, an error occurs, or the connection idles.
+///
+/// The legs are borrowed, so the caller's task holds them once (an async fn
+/// taking them by value keeps a second copy of each in its state).
 pub async fn relay<C, S>(
-    mut client: C,
-    mut server: S,
+    client: &mut C,
+    server: &mut S,
     direction: Direction,
     metrics: &Metrics,
     idle_timeout: Duration,
@@ -198,14 +201,22 @@ where
     let mut down = Pump::new(metrics.bytes_counter(direction, Peer::Server));
     let copy = poll_fn(|cx| {
         if !up.done
-            && let Poll::Ready(Err(e)) =
-                up.poll(cx, Pin::new(&mut client), Pin::new(&mut server), &activity)
+            && let Poll::Ready(Err(e)) = up.poll(
+                cx,
+                Pin::new(&mut *client),
+                Pin::new(&mut *server),
+                &activity,
+            )
         {
             return Poll::Ready(Err(e));
         }
         if !down.done
-            && let Poll::Ready(Err(e)) =
-                down.poll(cx, Pin::new(&mut server), Pin::new(&mut client), &activity)
+            && let Poll::Ready(Err(e)) = down.poll(
+                cx,
+                Pin::new(&mut *server),
+                Pin::new(&mut *client),
+                &activity,
+            )
         {
             return Poll::Ready(Err(e));
         }

@@ -12,11 +12,11 @@ use tokio::task::JoinHandle;
 /// A relay between two in-memory legs of `cap` bytes each; returns the
 /// relay's task and the far ends (the client's and the server's).
 fn start(cap: usize, idle: Duration) -> (JoinHandle<RelayStats>, DuplexStream, DuplexStream) {
-    let (client, client_peer) = tokio::io::duplex(cap);
-    let (server, server_peer) = tokio::io::duplex(cap);
+    let (mut client, client_peer) = tokio::io::duplex(cap);
+    let (mut server, server_peer) = tokio::io::duplex(cap);
     let task = tokio::spawn(async move {
         let metrics = Metrics::new();
-        relay(client, server, Direction::Inbound, &metrics, idle).await
+        relay(&mut client, &mut server, Direction::Inbound, &metrics, idle).await
     });
     (task, client_peer, server_peer)
 }
