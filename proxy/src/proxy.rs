@@ -34,6 +34,8 @@ pub(crate) struct Ctx {
     pub fallback: FallbackCache,
     pub naming: crate::naming::Naming,
     pub limiter: Arc<Semaphore>,
+    /// The most connections open at once, for [`crate::trim`].
+    pub open_peak: Arc<crate::trim::OpenPeak>,
     pub draining: AtomicBool,
 }
 
@@ -308,6 +310,7 @@ impl Proxy {
             fallback: FallbackCache::new(self.config.fallback_ttl),
             naming: crate::naming::Naming::new(&self.config.naming),
             limiter: Arc::new(Semaphore::new(self.config.max_connections)),
+            open_peak: Arc::default(),
             creds: self.creds,
             policy,
             metrics: self.metrics,
@@ -421,6 +424,7 @@ impl Bound {
         background.spawn(crate::trim::run(
             ctx.limiter.clone(),
             ctx.config.max_connections,
+            ctx.open_peak.clone(),
         ));
         if let Some(admin) = self.admin {
             let admin_ctx = ctx.clone();
@@ -522,6 +526,11 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
+        ctx.open_peak.note(
+            ctx.config
+                .max_connections
+                .saturating_sub(ctx.limiter.available_permits()),
+        );
         let ctx = ctx.clone();
         let hard_stop = hard_stop.clone();
         // The permit stays with the connection: in this task until the
