@@ -191,9 +191,13 @@ pub struct Rate {
     pub latency: Latency,
 }
 
+/// A client task: its latency histogram (measured window) and every
+/// operation it made (warm-up included).
+type ClientTask = tokio::task::JoinHandle<anyhow::Result<(Histogram<u64>, u64)>>;
+
 /// Joins the client tasks and turns their histograms into one [`Rate`].
 async fn merge(
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<(Histogram<u64>, u64)>>>,
+    tasks: Vec<ClientTask>,
     concurrency: usize,
     measure: Duration,
 ) -> anyhow::Result<Rate> {
