@@ -1,8 +1,10 @@
-//! `meshlite-bench`: runs every workload against direct, plain-relay and mTLS
-//! setups, prints a table, and writes JSON. Method: `benches/README.md`.
+//! `meshlite-bench`: runs every workload against direct, plain-relay, mTLS and
+//! reference-relay setups, prints a table and issue 13's targets, and writes
+//! JSON. Method: `benches/README.md`.
 
 use anyhow::Context;
 use clap::Parser;
+use meshlite_benches::held::{self, HeldSample};
 use meshlite_benches::procs::{self, Pair, PairOptions, Setup, Usage};
 use meshlite_benches::report::{self, Sample};
 use meshlite_benches::workloads::{self, Rate};
@@ -34,9 +36,20 @@ struct Args {
     /// Use X25519 only (no post-quantum hybrid) in the mTLS pair.
     #[arg(long)]
     classic_kx: bool,
-    /// Worker threads of each proxy (1 = a current-thread runtime).
+    /// Worker threads of each proxy (1 = a current-thread runtime); the
+    /// reference relay gets the same.
     #[arg(long)]
     proxy_workers: Option<usize>,
+    /// Connections held open per pair in the `held` workload [default: 5000; --quick 500].
+    #[arg(long)]
+    held: Option<usize>,
+    /// How long the `held` workload waits for RSS to come back after the close, seconds.
+    #[arg(long, default_value_t = 60)]
+    settle_wait: u64,
+    /// Run this meshlite-proxy binary instead of building the worktree's (to
+    /// measure a saved "before" build against the current one).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "benches/results/latest.json")]
     out: PathBuf,
@@ -46,6 +59,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 
 struct Ctx {
     bin: PathBuf,
+    ref_bin: PathBuf,
     dir: tempfile::TempDir,
     args: Args,
 }
@@ -73,6 +87,7 @@ fn rate_sample(
     proxies: Option<[Usage; 2]>,
 ) -> Sample {
     Sample {
+        ops: Some(r.ops_total),
         workload: workload.into(),
         setup,
         value: r.per_second,
@@ -110,6 +125,7 @@ async fn measure(
             p99_us: None,
             p999_us: None,
             proxies: None,
+            ops: None,
         }
     } else if let Some(c) = workload.strip_prefix("rr c") {
         let c = c.trim_end_matches(" pinned").parse()?;
@@ -144,7 +160,40 @@ fn start_pair(
     backend: SocketAddr,
     opts: &PairOptions,
 ) -> anyhow::Result<Pair> {
+    if setup == Setup::Reference {
+        return Pair::start_reference(&ctx.ref_bin, ctx.dir.path(), backend, opts);
+    }
     Pair::start(&ctx.bin, ctx.dir.path(), setup, backend, opts)
+}
+
+/// The held workload on fresh mTLS and reference pairs in front of an echo server.
+async fn held_run(ctx: &Ctx, opts: &PairOptions, out: &mut Vec<HeldSample>) -> anyhow::Result<()> {
+    let n = ctx.args.held.unwrap_or(5000);
+    let echo = meshlite_proxy::testing::echo_server().await;
+    for setup in [Setup::Mtls, Setup::Reference] {
+        let pair = start_pair(ctx, setup, echo, opts)?;
+        let s = held::run(
+            setup,
+            &pair,
+            n,
+            64,
+            Duration::from_secs(ctx.args.settle_wait),
+        )
+        .await
+        .with_context(|| format!("held {}", setup.name()))?;
+        eprintln!(
+            "  {:>10} {:>15}: {:.1} / {:.1} KiB per connection, idle {:.1} / {:.1} MiB, settled {:?} s",
+            format!("held {n}"),
+            setup.name(),
+            s.kib_per_conn[0],
+            s.kib_per_conn[1],
+            s.idle[0].rss_mib,
+            s.idle[1].rss_mib,
+            s.settled_s
+        );
+        out.push(s);
+    }
+    Ok(())
 }
 
 /// The unpinned suite, on a two-worker runtime shared by client and server.
@@ -152,6 +201,7 @@ fn unpinned(
     ctx: &Ctx,
     samples: &mut Vec<Sample>,
     idle: &mut Vec<(String, [Usage; 2])>,
+    held: &mut Vec<HeldSample>,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -166,29 +216,35 @@ fn unpinned(
         };
         let plain = start_pair(ctx, Setup::PlainRelay, server, &base)?;
         let mtls = start_pair(ctx, Setup::Mtls, server, &base)?;
-        let full = start_pair(
-            ctx,
-            Setup::Mtls,
-            server,
-            &PairOptions {
-                no_resumption: true,
-                ..base.clone()
-            },
-        )?;
+        let refr = start_pair(ctx, Setup::Reference, server, &base)?;
+        let no_resumption = PairOptions {
+            no_resumption: true,
+            ..base.clone()
+        };
+        let full = start_pair(ctx, Setup::Mtls, server, &no_resumption)?;
+        let ref_full = start_pair(ctx, Setup::Reference, server, &no_resumption)?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         idle.push((
             "plain relay".into(),
             [plain.client.usage(), plain.server.usage()],
         ));
         idle.push(("mtls".into(), [mtls.client.usage(), mtls.server.usage()]));
-        let setups: [(Setup, SocketAddr, Option<&Pair>); 3] = [
+        idle.push((
+            "reference relay".into(),
+            [refr.client.usage(), refr.server.usage()],
+        ));
+        let setups: [(Setup, SocketAddr, Option<&Pair>); 4] = [
             (Setup::Direct, server, None),
             (Setup::PlainRelay, plain.entry, Some(&plain)),
             (Setup::Mtls, mtls.entry, Some(&mtls)),
+            (Setup::Reference, refr.entry, Some(&refr)),
         ];
         let wanted = |w: &str| ctx.args.only.as_deref().is_none_or(|o| w.contains(o));
         for repeat in 0..ctx.args.repeats {
             eprintln!("repeat {}/{}", repeat + 1, ctx.args.repeats);
+            if wanted("held") {
+                held_run(ctx, &base, held).await?;
+            }
             for w in [
                 "bulk s1", "bulk s4", "bulk s16", "rr c1", "rr c16", "rr c64",
             ] {
@@ -210,8 +266,15 @@ fn unpinned(
                     (&resumed, Setup::Direct, server, None),
                     (&resumed, Setup::PlainRelay, plain.entry, Some(&plain)),
                     (&resumed, Setup::Mtls, mtls.entry, Some(&mtls)),
+                    (&resumed, Setup::Reference, refr.entry, Some(&refr)),
                     (&full_name, Setup::Direct, server, None),
                     (&full_name, Setup::Mtls, full.entry, Some(&full)),
+                    (
+                        &full_name,
+                        Setup::Reference,
+                        ref_full.entry,
+                        Some(&ref_full),
+                    ),
                 ] {
                     if !wanted(name) {
                         continue;
@@ -239,6 +302,7 @@ fn pinned(ctx: &Ctx, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
         return Ok(());
     }
     let bin = ctx.bin.clone();
+    let ref_bin = ctx.ref_bin.clone();
     let dir: PathBuf = ctx.dir.path().to_path_buf();
     let args = Args::parse_from(std::env::args());
     let classic = ctx.args.classic_kx;
@@ -257,12 +321,14 @@ fn pinned(ctx: &Ctx, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
             };
             let plain = Pair::start(&bin, &dir, Setup::PlainRelay, server, &opts)?;
             let mtls = Pair::start(&bin, &dir, Setup::Mtls, server, &opts)?;
+            let refr = Pair::start_reference(&ref_bin, &dir, server, &opts)?;
             let mut out = Vec::new();
             for _ in 0..args.repeats {
                 for (setup, entry, pair) in [
                     (Setup::Direct, server, None),
                     (Setup::PlainRelay, plain.entry, Some(&plain)),
                     (Setup::Mtls, mtls.entry, Some(&mtls)),
+                    (Setup::Reference, refr.entry, Some(&refr)),
                 ] {
                     let s = measure(w, setup, entry, pair, &args).await?;
                     eprintln!(
@@ -290,20 +356,46 @@ fn main() -> anyhow::Result<()> {
         args.bulk_bytes = 64 << 20;
         args.rr_seconds = 1;
         args.churn_seconds = 1;
+        args.held = Some(args.held.unwrap_or(500));
     }
+    // The held workload: this process holds the client and the echo server
+    // side of each connection.
+    let need = 2 * args.held.unwrap_or(5000) as u64 + 512;
+    procs::raise_fd_limit(need)?;
     meshlite_proxy::tls::install_provider();
-    let bin = procs::build_proxy()?;
+    let bin = match &args.proxy_bin {
+        Some(b) => b.clone(),
+        None => procs::build_proxy()?,
+    };
+    let ref_bin = procs::build_reference()?;
     let dir = tempfile::tempdir()?;
     procs::write_credentials(dir.path())?;
-    let ctx = Ctx { bin, dir, args };
+    let ctx = Ctx {
+        bin,
+        ref_bin,
+        dir,
+        args,
+    };
 
+    let loadavg = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_before = loadavg();
+    eprintln!("load average before: {}", load_before.trim());
     let mut samples = Vec::new();
     let mut idle = Vec::new();
-    unpinned(&ctx, &mut samples, &mut idle)?;
+    let mut held_samples = Vec::new();
+    unpinned(&ctx, &mut samples, &mut idle, &mut held_samples)?;
     pinned(&ctx, &mut samples)?;
 
+    let load_after = loadavg();
+    eprintln!("load average after: {}", load_after.trim());
     let summary = report::summarize(&samples);
-    let table = report::table(&summary);
+    let held_summary = held::summarize(&held_samples);
+    let targets = report::targets(&summary, &held_summary);
+    let table = format!(
+        "{}\n{}\n{targets}",
+        report::table(&summary),
+        held::table(&held_summary)
+    );
     println!("\n{table}");
     for (setup, [c, s]) in &idle {
         println!(
@@ -313,6 +405,7 @@ fn main() -> anyhow::Result<()> {
     }
     let json = serde_json::json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "loadavg": { "before": load_before.trim(), "after": load_after.trim() },
         "config": {
             "repeats": ctx.args.repeats, "bulk_bytes": ctx.args.bulk_bytes,
             "rr_seconds": ctx.args.rr_seconds, "churn_seconds": ctx.args.churn_seconds,
@@ -321,6 +414,8 @@ fn main() -> anyhow::Result<()> {
         "idle": idle.iter().map(|(s, u)| serde_json::json!({"setup": s, "client": u[0], "server": u[1]})).collect::<Vec<_>>(),
         "summary": summary,
         "samples": samples,
+        "held_summary": held_summary,
+        "held_samples": held_samples,
     });
     if let Some(parent) = Path::new(&ctx.args.out).parent() {
         std::fs::create_dir_all(parent)?;

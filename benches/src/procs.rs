@@ -14,6 +14,8 @@ pub enum Setup {
     Direct,
     PlainRelay,
     Mtls,
+    /// The reference: a plain tokio-rustls mTLS relay pair (`meshlite-ref-relay`).
+    Reference,
 }
 
 impl Setup {
@@ -22,6 +24,7 @@ impl Setup {
             Setup::Direct => "direct",
             Setup::PlainRelay => "plain relay",
             Setup::Mtls => "mtls",
+            Setup::Reference => "reference relay",
         }
     }
 }
@@ -84,27 +87,28 @@ impl CertdCreds {
 
 /// Builds the release proxy binary and returns its path.
 pub fn build_proxy() -> anyhow::Result<PathBuf> {
+    build_release("meshlite-proxy", "meshlite-proxy")
+}
+
+/// Builds the release reference relay ([`Setup::Reference`]) and returns its path.
+pub fn build_reference() -> anyhow::Result<PathBuf> {
+    build_release("meshlite-benches", "meshlite-ref-relay")
+}
+
+fn build_release(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "meshlite-proxy",
-            "--bin",
-            "meshlite-proxy",
-        ])
+        .args(["build", "--release", "-q", "-p", package, "--bin", bin])
         .status()
         .context("running cargo build")?;
     if !status.success() {
-        bail!("building meshlite-proxy failed");
+        bail!("building {bin} failed");
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    Ok(target.join("release").join("meshlite-proxy"))
+    Ok(target.join("release").join(bin))
 }
 
 /// A free loopback port (bound and released; fine for a benchmark).
@@ -116,7 +120,8 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
 #[derive(Debug)]
 pub struct ProxyProc {
     pub child: Child,
-    pub admin: SocketAddr,
+    /// meshlite's admin port; the reference relay has none.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Drop for ProxyProc {
@@ -181,7 +186,8 @@ impl ProxyProc {
 
     /// The admin port's `/metrics` text, or empty if it did not answer.
     pub fn metrics(&self) -> String {
-        admin_get(self.admin, "/metrics")
+        self.admin
+            .and_then(|a| admin_get(a, "/metrics"))
             .and_then(|r| r.split_once("\r\n\r\n").map(|(_, body)| body.to_string()))
             .unwrap_or_default()
     }
@@ -201,15 +207,19 @@ pub struct Pair {
     pub entry: SocketAddr,
 }
 
-fn spawn(bin: &Path, args: &[String], opts: &PairOptions) -> anyhow::Result<Child> {
-    let mut cmd = match opts.pin_cpu {
+fn command(bin: &Path, opts: &PairOptions) -> Command {
+    match opts.pin_cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
             c.args(["-c", &cpu.to_string()]).arg(bin);
             c
         }
         None => Command::new(bin),
-    };
+    }
+}
+
+fn spawn(bin: &Path, args: &[String], opts: &PairOptions) -> anyhow::Result<Child> {
+    let mut cmd = command(bin, opts);
     cmd.arg("run")
         .args(args)
         .env("RUST_LOG", "warn")
@@ -307,11 +317,11 @@ impl Pair {
         client_args.extend(common);
         let server = ProxyProc {
             child: spawn(bin, &server_args, opts)?,
-            admin: admin_s,
+            admin: Some(admin_s),
         };
         let client = ProxyProc {
             child: spawn(bin, &client_args, opts)?,
-            admin: admin_c,
+            admin: Some(admin_c),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(ready(admin_c) && ready(admin_s)) {
@@ -320,6 +330,50 @@ impl Pair {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(Pair {
+            client,
+            server,
+            entry: outbound,
+        })
+    }
+
+    /// Starts the reference relay pair ([`Setup::Reference`], binary `bin`) in
+    /// front of `backend`, with the credentials in `dir` and the worker
+    /// threads of `opts` (2 unless set, as meshlite's default).
+    pub fn start_reference(
+        bin: &Path,
+        dir: &Path,
+        backend: SocketAddr,
+        opts: &PairOptions,
+    ) -> anyhow::Result<Pair> {
+        let (inbound, outbound) = (free_port()?, free_port()?);
+        let workers = opts.worker_threads.unwrap_or(2).to_string();
+        let start = |role: &str, listen: SocketAddr, to: SocketAddr| -> anyhow::Result<ProxyProc> {
+            let mut cmd = command(bin, opts);
+            cmd.args([role, &listen.to_string(), &to.to_string()])
+                .arg(dir.join(role))
+                .arg(&workers);
+            if opts.no_resumption {
+                cmd.arg("--no-resumption");
+            }
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("spawning meshlite-ref-relay")?;
+            let mut line = String::new();
+            if let Some(out) = child.stdout.take() {
+                use std::io::BufRead;
+                let _ = std::io::BufReader::new(out).read_line(&mut line);
+            }
+            let proc = ProxyProc { child, admin: None };
+            if line.trim() != "ready" {
+                bail!("meshlite-ref-relay {role} did not start");
+            }
+            Ok(proc)
+        };
+        let server = start("server", inbound, backend)?;
+        let client = start("client", outbound, inbound)?;
         Ok(Pair {
             client,
             server,

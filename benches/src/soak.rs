@@ -246,7 +246,7 @@ async fn echo(s: &mut TcpStream, out: &[u8], budget: Duration) -> Result<(), Fai
 
 /// Half-closes and requires the echo server's EOF to come back through the
 /// pair, with nothing before it.
-async fn close(mut s: TcpStream, budget: Duration) -> Result<(), Failure> {
+pub async fn close(mut s: TcpStream, budget: Duration) -> Result<(), Failure> {
     let mut rest = [0u8; 16];
     let n = timeout(budget, async {
         s.shutdown().await?;
@@ -274,14 +274,15 @@ fn hello(id: usize, generation: u32) -> [u8; 16] {
     b
 }
 
-async fn open_held(
+/// Opens a connection that will be held, and proves it with an echo naming it.
+pub async fn open_held(
     entry: SocketAddr,
     id: usize,
     generation: u32,
-    plan: &Plan,
+    budget: Duration,
 ) -> Result<TcpStream, Failure> {
-    let mut s = connect(entry, plan.io_timeout).await?;
-    echo(&mut s, &hello(id, generation), plan.io_timeout).await?;
+    let mut s = connect(entry, budget).await?;
+    echo(&mut s, &hello(id, generation), budget).await?;
     Ok(s)
 }
 
@@ -315,7 +316,7 @@ async fn hold(
     permit: tokio::sync::OwnedSemaphorePermit,
     mut go: watch::Receiver<Option<Instant>>,
 ) {
-    let mut conn = match open_held(entry, id, 0, &plan).await {
+    let mut conn = match open_held(entry, id, 0, plan.io_timeout).await {
         Ok(s) => {
             state.opened();
             Some(s)
@@ -344,7 +345,7 @@ async fn hold(
                     return;
                 }
                 generation += 1;
-                match open_held(entry, id, generation, &plan).await {
+                match open_held(entry, id, generation, plan.io_timeout).await {
                     Ok(s) => {
                         state.opened();
                         s
@@ -1091,7 +1092,7 @@ mod tests {
             io_timeout: Duration::from_secs(5),
             min_renewals: 0,
         };
-        let mut s = open_held(app, 0, 0, &plan).await.expect("open");
+        let mut s = open_held(app, 0, 0, plan.io_timeout).await.expect("open");
         let end = Instant::now() + plan.duration;
         keep(&mut s, Instant::now(), end, &plan)
             .await

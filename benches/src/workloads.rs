@@ -182,24 +182,36 @@ fn histogram() -> Histogram<u64> {
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Rate {
     pub concurrency: usize,
+    /// Operations in the measured window.
     pub count: u64,
+    /// Operations in the whole run, warm-up included: the proxies' CPU time
+    /// is read over the whole run, so CPU per operation divides by this.
+    pub ops_total: u64,
     pub per_second: f64,
     pub latency: Latency,
 }
 
+/// A client task: its latency histogram (measured window) and every
+/// operation it made (warm-up included).
+type ClientTask = tokio::task::JoinHandle<anyhow::Result<(Histogram<u64>, u64)>>;
+
 /// Joins the client tasks and turns their histograms into one [`Rate`].
 async fn merge(
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>,
+    tasks: Vec<ClientTask>,
     concurrency: usize,
     measure: Duration,
 ) -> anyhow::Result<Rate> {
     let mut all = histogram();
+    let mut ops_total = 0;
     for t in tasks {
-        all.add(t.await??)?;
+        let (h, ops) = t.await??;
+        all.add(h)?;
+        ops_total += ops;
     }
     Ok(Rate {
         concurrency,
         count: all.len(),
+        ops_total,
         per_second: all.len() as f64 / measure.as_secs_f64(),
         latency: Latency::of(&all),
     })
@@ -222,6 +234,7 @@ pub async fn request_response(
             s.set_nodelay(true)?;
             let req = [RR_MARK; REQUEST];
             let mut resp = [0u8; RESPONSE];
+            let mut ops = 0u64;
             loop {
                 let t = Instant::now();
                 if t >= end {
@@ -229,11 +242,12 @@ pub async fn request_response(
                 }
                 s.write_all(&req).await?;
                 s.read_exact(&mut resp).await?;
+                ops += 1;
                 if t >= start {
                     h.record(t.elapsed().as_micros().max(1) as u64)?;
                 }
             }
-            Ok::<_, anyhow::Error>(h)
+            Ok::<_, anyhow::Error>((h, ops))
         }));
     }
     merge(tasks, concurrency, measure).await
@@ -254,6 +268,7 @@ pub async fn churn(
             let mut h = histogram();
             let req = [RR_MARK; REQUEST];
             let mut resp = [0u8; RESPONSE];
+            let mut ops = 0u64;
             loop {
                 let t = Instant::now();
                 if t >= end {
@@ -266,11 +281,12 @@ pub async fn churn(
                 let ttfb = t.elapsed();
                 s.read_exact(&mut resp[1..]).await?;
                 drop(s);
+                ops += 1;
                 if t >= start {
                     h.record(ttfb.as_micros().max(1) as u64)?;
                 }
             }
-            Ok::<_, anyhow::Error>(h)
+            Ok::<_, anyhow::Error>((h, ops))
         }));
     }
     merge(tasks, concurrency, measure).await

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,11 +34,37 @@ pub(crate) struct Ctx {
     pub fallback: FallbackCache,
     pub naming: crate::naming::Naming,
     pub limiter: Arc<Semaphore>,
+    /// The most connections open at once, for [`crate::trim`].
+    pub open_peak: Arc<crate::trim::OpenPeak>,
     pub draining: AtomicBool,
 }
 
-/// The one log line written when a connection closes.
+/// What an accepted connection's task hands to the task that relays it (see
+/// [`ConnLog::relay`]): the connection's permit, the tracker that the drain
+/// waits on, and the hard stop.
 #[derive(Debug)]
+struct Handoff {
+    ctx: Arc<Ctx>,
+    permit: OwnedSemaphorePermit,
+    conns: TaskTracker,
+    hard_stop: CancellationToken,
+}
+
+tokio::task_local! {
+    /// Set for each task [`accept_loop`] spawns; taken once, by the relay.
+    static HANDOFF: std::cell::RefCell<Option<Handoff>>;
+}
+
+impl Handoff {
+    /// This task's hand-off, if it is an accepted connection's and the relay
+    /// has not taken it yet.
+    fn take() -> Option<Handoff> {
+        HANDOFF.try_with(|h| h.borrow_mut().take()).ok().flatten()
+    }
+}
+
+/// The one log line written when a connection closes.
+#[derive(Debug, Clone)]
 pub(crate) struct ConnLog {
     pub direction: Direction,
     pub client: SocketAddr,
@@ -65,7 +91,41 @@ impl ConnLog {
 
     /// Relays between the two legs, counting the connection as open meanwhile,
     /// and writes the close log line.
-    pub async fn relay<C, S>(&self, client: C, server: S, ctx: &Ctx)
+    ///
+    /// On a connection accepted by [`accept_loop`], the relay runs in a task
+    /// of its own, which takes over the connection's permit, its place in the
+    /// drain and the hard stop, and this returns at once: the accepting
+    /// task, sized for the handshake and the naming lookups (about 8 KiB), ends,
+    /// and a held connection keeps only the relay's task (about 2 KiB: the
+    /// two legs and the relay's state). Elsewhere (tests) it relays in place.
+    pub async fn relay<C, S>(&self, mut client: C, mut server: S, ctx: &Ctx)
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(handoff) = Handoff::take() else {
+            self.run(&mut client, &mut server, ctx).await;
+            return;
+        };
+        let log = self.clone();
+        let conns = handoff.conns.clone();
+        conns.spawn(async move {
+            let Handoff {
+                ctx,
+                permit,
+                hard_stop,
+                ..
+            } = handoff;
+            // The legs are used where the task holds them, not moved again.
+            tokio::select! {
+                () = log.run(&mut client, &mut server, &ctx) => {}
+                () = hard_stop.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+
+    async fn run<C, S>(&self, client: &mut C, server: &mut S, ctx: &Ctx)
     where
         C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -250,6 +310,7 @@ impl Proxy {
             fallback: FallbackCache::new(self.config.fallback_ttl),
             naming: crate::naming::Naming::new(&self.config.naming),
             limiter: Arc::new(Semaphore::new(self.config.max_connections)),
+            open_peak: Arc::default(),
             creds: self.creds,
             policy,
             metrics: self.metrics,
@@ -363,6 +424,7 @@ impl Bound {
         background.spawn(crate::trim::run(
             ctx.limiter.clone(),
             ctx.config.max_connections,
+            ctx.open_peak.clone(),
         ));
         if let Some(admin) = self.admin {
             let admin_ctx = ctx.clone();
@@ -464,20 +526,38 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
+        ctx.open_peak.note(
+            ctx.config
+                .max_connections
+                .saturating_sub(ctx.limiter.available_permits()),
+        );
         let ctx = ctx.clone();
         let hard_stop = hard_stop.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            let handle = async {
-                match direction {
-                    Direction::Outbound => crate::outbound::handle(tcp, client, local, &ctx).await,
-                    Direction::Inbound => crate::inbound::handle(tcp, client, local, &ctx).await,
+        // The permit stays with the connection: in this task until the
+        // relay's task takes it over, or is freed when this one ends.
+        let handoff = Handoff {
+            ctx: ctx.clone(),
+            permit,
+            conns: conns.clone(),
+            hard_stop: hard_stop.clone(),
+        };
+        conns.spawn(
+            HANDOFF.scope(std::cell::RefCell::new(Some(handoff)), async move {
+                let handle = async {
+                    match direction {
+                        Direction::Outbound => {
+                            crate::outbound::handle(tcp, client, local, &ctx).await
+                        }
+                        Direction::Inbound => {
+                            crate::inbound::handle(tcp, client, local, &ctx).await
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = handle => {}
+                    () = hard_stop.cancelled() => {}
                 }
-            };
-            tokio::select! {
-                () = handle => {}
-                () = hard_stop.cancelled() => {}
-            }
-        });
+            }),
+        );
     }
 }

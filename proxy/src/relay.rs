@@ -5,10 +5,18 @@
 //! down the write half of the other leg and keeps the opposite direction
 //! flowing, so half-close propagates both ways.
 //!
-//! Each direction's buffer starts small and doubles whenever a read fills it,
-//! up to [`RELAY_BUFFER_MAX`]: request/response traffic keeps a few KiB per
-//! connection, while a bulk stream quickly moves to large reads and writes, and
-//! so to few syscalls per byte. Nothing is allocated per read.
+//! A direction holds a buffer only while it has data in flight: it takes one
+//! from a per-thread [`pool`] when it reads, and gives it back as soon as
+//! everything read has been written and the next read would block. An idle
+//! connection therefore holds no relay buffer at all (it held 2 × 8 KiB, half
+//! of its memory, before), and the buffers in use are bounded by the
+//! connections that are moving data at that moment, not by those open.
+//!
+//! Each direction's buffer size starts small and doubles whenever a read
+//! fills it, up to [`RELAY_BUFFER_MAX`]: request/response traffic reads into a
+//! few KiB, while a bulk stream quickly moves to large reads and writes, and
+//! so to few syscalls per byte. Nothing is allocated per read: the pool hands
+//! back the buffers it was given.
 //!
 //! An idle timer closes a connection on which neither side has sent anything
 //! for the idle timeout.
@@ -27,6 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const RELAY_BUFFER: usize = 8 * 1024;
 /// Largest buffer per direction, reached only by streams that keep filling it.
 pub const RELAY_BUFFER_MAX: usize = 128 * 1024;
+
+pub mod pool;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -50,7 +60,10 @@ pub struct RelayStats {
 /// One direction: read from one leg, write to the other.
 #[derive(Debug)]
 struct Pump {
-    buf: Vec<u8>,
+    /// Held only while data is in flight (or during a poll); from [`pool`].
+    buf: Option<Box<[u8]>>,
+    /// The size class of the next buffer taken (see [`pool`]).
+    class: usize,
     /// `buf[pos..end]` is read but not yet written.
     pos: usize,
     end: usize,
@@ -64,7 +77,8 @@ struct Pump {
 impl Pump {
     fn new(bytes: Counter) -> Self {
         Pump {
-            buf: vec![0; RELAY_BUFFER],
+            buf: None,
+            class: 0,
             pos: 0,
             end: 0,
             eof: false,
@@ -90,10 +104,14 @@ impl Pump {
             if self.pos == self.end && !self.eof {
                 self.pos = 0;
                 self.end = 0;
-                let mut rb = ReadBuf::new(&mut self.buf);
+                let class = self.class;
+                let buf = self.buf.get_or_insert_with(|| pool::take(class));
+                let mut rb = ReadBuf::new(&mut buf[..]);
                 match r.as_mut().poll_read(cx, &mut rb) {
                     Poll::Ready(res) => res?,
                     Poll::Pending => {
+                        // Nothing in flight: the buffer goes back until the next read.
+                        self.release();
                         // Nothing more to read for now: push out what was written.
                         if self.need_flush {
                             ready!(w.as_mut().poll_flush(cx))?;
@@ -103,26 +121,42 @@ impl Pump {
                     }
                 }
                 let n = rb.filled().len();
+                let filled = n == rb.capacity();
                 if n == 0 {
                     self.eof = true;
+                    self.release();
                 } else {
                     self.end = n;
                     self.total += n as u64;
                     self.bytes.inc_by(n as u64);
                     activity.fetch_add(1, Ordering::Relaxed);
-                    if n == self.buf.len() && self.buf.len() < RELAY_BUFFER_MAX {
-                        let grown = (self.buf.len() * 2).min(RELAY_BUFFER_MAX);
-                        self.buf.resize(grown, 0);
+                    if filled && pool::size(self.class) < RELAY_BUFFER_MAX {
+                        // Taken at the next read, once this one is written.
+                        self.class += 1;
                     }
                 }
             }
             while self.pos < self.end {
-                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..self.end]))?;
+                let Some(buf) = self.buf.as_deref() else {
+                    // Bytes in flight are always in a held buffer; were they
+                    // not, dropping them beats spinning on them.
+                    self.pos = self.end;
+                    break;
+                };
+                let n = ready!(w.as_mut().poll_write(cx, &buf[self.pos..self.end]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.pos += n;
                 self.need_flush = true;
+            }
+            if self
+                .buf
+                .as_ref()
+                .is_some_and(|b| b.len() < pool::size(self.class))
+            {
+                // Grown: the next read takes a buffer of the new class.
+                self.release();
             }
             if self.eof {
                 ready!(w.as_mut().poll_flush(cx))?;
@@ -132,12 +166,28 @@ impl Pump {
             }
         }
     }
+
+    /// Gives the buffer back to the pool (only when nothing is in flight).
+    fn release(&mut self) {
+        if let Some(b) = self.buf.take() {
+            pool::give(b);
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// Relays until both directions are done, an error occurs, or the connection idles.
+///
+/// The legs are borrowed, so the caller's task holds them once (an async fn
+/// taking them by value keeps a second copy of each in its state).
 pub async fn relay<C, S>(
-    mut client: C,
-    mut server: S,
+    client: &mut C,
+    server: &mut S,
     direction: Direction,
     metrics: &Metrics,
     idle_timeout: Duration,
@@ -151,14 +201,22 @@ where
     let mut down = Pump::new(metrics.bytes_counter(direction, Peer::Server));
     let copy = poll_fn(|cx| {
         if !up.done
-            && let Poll::Ready(Err(e)) =
-                up.poll(cx, Pin::new(&mut client), Pin::new(&mut server), &activity)
+            && let Poll::Ready(Err(e)) = up.poll(
+                cx,
+                Pin::new(&mut *client),
+                Pin::new(&mut *server),
+                &activity,
+            )
         {
             return Poll::Ready(Err(e));
         }
         if !down.done
-            && let Poll::Ready(Err(e)) =
-                down.poll(cx, Pin::new(&mut server), Pin::new(&mut client), &activity)
+            && let Poll::Ready(Err(e)) = down.poll(
+                cx,
+                Pin::new(&mut *server),
+                Pin::new(&mut *client),
+                &activity,
+            )
         {
             return Poll::Ready(Err(e));
         }
@@ -196,54 +254,4 @@ async fn idle(activity: &AtomicU64, timeout: Duration) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[tokio::test]
-    async fn relays_both_ways_with_half_close_and_grows_its_buffer() {
-        let metrics = Metrics::new();
-        let (client, mut client_peer) = tokio::io::duplex(1 << 20);
-        let (server, mut server_peer) = tokio::io::duplex(1 << 20);
-        let relay = tokio::spawn(async move {
-            relay(
-                client,
-                server,
-                Direction::Inbound,
-                &metrics,
-                Duration::from_secs(60),
-            )
-            .await
-        });
-        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        client_peer.write_all(&data).await.unwrap();
-        client_peer.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        server_peer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, data, "client to server, then EOF");
-        server_peer.write_all(b"answer after EOF").await.unwrap();
-        server_peer.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        client_peer.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"answer after EOF");
-        let stats = relay.await.unwrap();
-        assert!(matches!(stats.end, RelayEnd::Closed), "{:?}", stats.end);
-        assert_eq!((stats.from_client, stats.from_server), (1_000_000, 16));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_is_closed_after_the_timeout() {
-        let metrics = Metrics::new();
-        let (client, _client_peer) = tokio::io::duplex(1024);
-        let (server, _server_peer) = tokio::io::duplex(1024);
-        let stats = relay(
-            client,
-            server,
-            Direction::Outbound,
-            &metrics,
-            Duration::from_secs(5),
-        )
-        .await;
-        assert!(matches!(stats.end, RelayEnd::Idle));
-    }
-}
+mod tests;
