@@ -201,7 +201,18 @@ spec:
     });
     eventually("helm uninstall leaves nothing of meshlite", 180, || {
         meshlite_left(c)?;
-        let releases = helm.run(&["list", "--all-namespaces", "--all", "-q"]);
+        // helm v4 has no --all: name every state a release record can be in.
+        let releases = helm.run(&[
+            "list",
+            "--all-namespaces",
+            "--deployed",
+            "--failed",
+            "--pending",
+            "--superseded",
+            "--uninstalled",
+            "--uninstalling",
+            "-q",
+        ]);
         match releases.trim() {
             "" => Ok(()),
             left => Err(format!("helm still lists releases: {left}")),
