@@ -35,6 +35,7 @@ pub(crate) struct Ctx {
     pub naming: crate::naming::Naming,
     pub limiter: Arc<Semaphore>,
     pub draining: AtomicBool,
+    pub preserve: crate::client_addr::Preserve,
 }
 
 /// The one log line written when a connection closes.
@@ -254,8 +255,19 @@ impl Proxy {
             policy,
             metrics: self.metrics,
             draining: AtomicBool::new(false),
+            preserve: crate::client_addr::Preserve::new(
+                self.config
+                    .inbound
+                    .as_ref()
+                    .is_some_and(|i| i.preserve_client_address),
+            ),
             config: self.config,
         });
+        if ctx.config.inbound.is_some() {
+            ctx.preserve
+                .check(&ctx.metrics)
+                .map_err(std::io::Error::other)?;
+        }
         Ok(Bound {
             ctx,
             outbound,
