@@ -33,6 +33,10 @@ pub const LOG_FORMAT: &str = "MESHLITE_LOG_FORMAT";
 /// `resourceFieldRef: limits.memory`); the connection limit is derived from it.
 pub const MEMORY_LIMIT: &str = "MESHLITE_MEMORY_LIMIT";
 
+/// `true` or `false`: connect to the app from each client's own address
+/// (`meshlite-proxy run --preserve-client-address`).
+pub const PRESERVE_CLIENT_ADDRESS: &str = "MESHLITE_PRESERVE_CLIENT_ADDRESS";
+
 /// Directory of the projected token volume.
 pub const TOKEN_DIR: &str = "/var/run/secrets/meshlite";
 /// File name of the token inside [`TOKEN_DIR`].

@@ -36,6 +36,10 @@ pub const SKIP_INBOUND_PORTS_ANNOTATION: &str = "meshlite.io/skip-inbound-ports"
 pub const SKIP_OUTBOUND_PORTS_ANNOTATION: &str = "meshlite.io/skip-outbound-ports";
 /// Comma-separated outbound CIDRs that are not redirected to the proxy.
 pub const SKIP_OUTBOUND_CIDRS_ANNOTATION: &str = "meshlite.io/skip-outbound-cidrs";
+/// Pod annotation: `preserve` makes the app see each inbound client's own
+/// address rather than the pod's; `proxy` (the default) keeps today's
+/// behaviour. Opt-in, because preserving needs CAP_NET_RAW in the sidecar.
+pub const CLIENT_ADDRESS_ANNOTATION: &str = "meshlite.io/client-address";
 
 /// Trust domain used when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";

@@ -50,6 +50,10 @@ pub struct InboundConfig {
     pub listen: Vec<SocketAddr>,
     pub target: Target,
     pub mode: Mode,
+    /// Connect to the app from the client's address (`--preserve-client-address`,
+    /// see [`crate::client_addr`]). Needs `CAP_NET_RAW` and the rules of
+    /// `meshlite-proxy init --preserve-client-address`.
+    pub preserve_client_address: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +168,7 @@ impl Config {
                 listen: vec![lo],
                 target: Target::Fixed(b),
                 mode: Mode::Permissive,
+                preserve_client_address: false,
             }),
             outbound: outbound_upstream.map(|u| OutboundConfig {
                 listen: vec![lo],

@@ -3,12 +3,14 @@
 //! bind → accept → [`handle`]: read the first bytes (bounded in time and size),
 //! then either terminate mesh mTLS and authorise the peer, or pass plaintext
 //! through (permissive) or refuse it (strict). The plaintext leg goes to the
-//! original destination, inside the pod.
+//! original destination, inside the pod, from the client's own address when
+//! client address preservation is on ([`crate::client_addr`]).
 
+use crate::client_addr::connect_app;
 use crate::detect::{Detection, MAX_DETECT_BYTES, detect};
 use crate::io::Prefixed;
 use crate::metrics::Direction;
-use crate::proxy::{ConnLog, Ctx, connect, resolve_target};
+use crate::proxy::{ConnLog, Ctx, resolve_target};
 use crate::tls::{handshake_failure_reason, verify::check_identity};
 use meshlite_contract::Mode;
 use std::net::SocketAddr;
@@ -160,14 +162,14 @@ async fn mesh(tcp: TcpStream, prefix: Vec<u8>, target: SocketAddr, ctx: &Ctx, lo
     }
     let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     log.mtls(&ctx.metrics, Some(peer), resumed);
-    let Some(backend) = connect(target, ctx, DIR).await else {
+    let Some(backend) = connect_app(target, log.client, ctx).await else {
         return;
     };
     log.relay(stream, backend, ctx).await;
 }
 
 async fn plaintext(tcp: TcpStream, prefix: Vec<u8>, target: SocketAddr, ctx: &Ctx, log: &ConnLog) {
-    let Some(mut backend) = connect(target, ctx, DIR).await else {
+    let Some(mut backend) = connect_app(target, log.client, ctx).await else {
         return;
     };
     if !prefix.is_empty() {

@@ -16,6 +16,7 @@
 //! [`proxy::Proxy`] ties them together; `main.rs` only parses flags and calls it.
 
 pub mod admin;
+pub mod client_addr;
 pub mod config;
 pub mod detect;
 pub mod identity_client;
@@ -27,6 +28,7 @@ pub mod naming;
 pub mod orig_dst;
 pub mod outbound;
 pub mod policy;
+pub mod privs;
 pub mod probe;
 pub mod proxy;
 pub mod relay;

@@ -171,6 +171,14 @@ struct RunArgs {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
+    /// Connect to the app from each client's own address, so the app sees who
+    /// called it (off by default). Needs CAP_NET_RAW (start as root with
+    /// NET_RAW, SETUID and SETGID: the proxy switches to UID 2102 keeping only
+    /// NET_RAW) and `meshlite-proxy init --preserve-client-address`. Without
+    /// the capability the proxy refuses to start (fail closed).
+    #[arg(long, env = env::PRESERVE_CLIENT_ADDRESS, default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    preserve_client_address: bool,
 }
 
 fn ipv6_available() -> bool {
@@ -213,6 +221,7 @@ impl RunArgs {
                 .inbound_backend
                 .map_or(Target::OriginalDst, Target::Fixed),
             mode: self.mode,
+            preserve_client_address: self.preserve_client_address,
         });
         let creds = match (self.certd_url, self.cert, self.key, self.trust_bundle) {
             (Some(url), _, _, Some(bundle_file)) => {
@@ -360,6 +369,15 @@ fn main() -> anyhow::Result<()> {
         Command::WaitReady(args) => Ok(meshlite_proxy::init::wait::run(&args)?),
         Command::Run(args) => {
             init_logging(&args.log_format);
+            // First, while the process has one thread: never serve as root.
+            let uid = meshlite_contract::PROXY_UID;
+            let settled = meshlite_proxy::privs::settle(uid, args.preserve_client_address)?;
+            tracing::info!(
+                switched_from_root = settled.switched,
+                net_raw = settled.net_raw,
+                "privileges settled: running as UID {}",
+                meshlite_proxy::privs::euid()
+            );
             meshlite_proxy::tls::install_provider();
             let workers = args.worker_threads.max(1);
             let config = args.into_config()?;

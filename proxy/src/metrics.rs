@@ -105,6 +105,9 @@ pub struct Metrics {
     pub bundle_file_rejections: Family<FileLabels, Counter>,
     /// The connection limit in force (`--max-connections`, or derived).
     pub max_connections: Gauge,
+    /// Inbound connections to the app with client address preservation on,
+    /// by how they were made (`preserved`, or why they fell back).
+    pub client_address: Family<ResultLabels, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -147,6 +150,7 @@ impl Metrics {
             naming_cache_size: Gauge::default(),
             admin_refusals: meshlite_https::Refusals::default(),
             bundle_file_rejections: Family::default(),
+            client_address: Family::default(),
             max_connections: Gauge::default(),
             registry: Registry::default(),
         };
@@ -243,6 +247,14 @@ impl Metrics {
              the last good bundle stays in use",
             m.bundle_file_rejections.clone(),
         );
+        registry.register(
+            "client_address_connections",
+            "Inbound connections to the app while client address preservation is on, by result \
+             (preserved; refused_no_capability, refused_bind_failed: refused, never made from the \
+             pod's own address; not_applicable: a loopback client or target, made as without \
+             preservation)",
+            m.client_address.clone(),
+        );
         let admin_refusals = meshlite_https::Refusals::register(
             &mut registry,
             "admin_refusals",
@@ -287,6 +299,7 @@ impl Metrics {
         m.naming_fallback("unknown");
         m.admin_refusals.inc("not_loopback");
         m.bundle_file_rejected(std::path::Path::new("bundle.pem"), "unreadable");
+        m.client_address("preserved");
         m
     }
 
@@ -296,6 +309,12 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn client_address(&self, result: &'static str) {
+        self.client_address
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn refuse(&self, direction: Direction, reason: &'static str) {

@@ -37,6 +37,7 @@ pub(crate) struct Ctx {
     /// The most connections open at once, for [`crate::trim`].
     pub open_peak: Arc<crate::trim::OpenPeak>,
     pub draining: AtomicBool,
+    pub preserve: crate::client_addr::Preserve,
 }
 
 /// What an accepted connection's task hands to the task that relays it (see
@@ -315,8 +316,19 @@ impl Proxy {
             policy,
             metrics: self.metrics,
             draining: AtomicBool::new(false),
+            preserve: crate::client_addr::Preserve::new(
+                self.config
+                    .inbound
+                    .as_ref()
+                    .is_some_and(|i| i.preserve_client_address),
+            ),
             config: self.config,
         });
+        if ctx.config.inbound.is_some() {
+            ctx.preserve
+                .check(&ctx.metrics)
+                .map_err(std::io::Error::other)?;
+        }
         Ok(Bound {
             ctx,
             outbound,

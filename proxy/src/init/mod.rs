@@ -1,4 +1,6 @@
-//! `meshlite-proxy init`: installs the pod's iptables redirect rules.
+//! `meshlite-proxy init`: installs the pod's iptables redirect rules, and with
+//! `--preserve-client-address` the marks and policy routing of client address
+//! preservation ([`route`]).
 //!
 //! Runs once per pod, as the `meshlite-init` init container (root, NET_ADMIN and
 //! NET_RAW only). The rules come from the pure [`rules::render`]; this module
@@ -7,6 +9,7 @@
 //! --noflush`. `--dry-run` prints the rules and touches nothing.
 
 pub mod backend;
+pub mod route;
 pub mod rules;
 pub mod wait;
 
@@ -48,6 +51,13 @@ pub struct InitArgs {
     /// The proxy's admin port, kept reachable for kubelet probes.
     #[arg(long, default_value_t = meshlite_contract::ADMIN_PORT)]
     pub admin_port: u16,
+    /// Also install what client address preservation needs (`meshlite-proxy
+    /// run --preserve-client-address`): `raw` and `mangle` rules that mark the
+    /// proxy's transparent connections, and the policy route that brings the
+    /// app's replies back to the proxy. `=false` leaves them out.
+    #[arg(long, default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub preserve_client_address: bool,
 }
 
 /// Whether to install IPv6 rules.
@@ -69,6 +79,7 @@ impl InitArgs {
             skip_inbound_ports: self.skip_inbound_ports.clone(),
             skip_outbound_ports: self.skip_outbound_ports.clone(),
             skip_outbound_cidrs: self.skip_outbound_cidrs.clone(),
+            preserve_client_address: self.preserve_client_address,
         }
     }
 
@@ -104,6 +115,12 @@ pub enum InitError {
         status: String,
         stderr: String,
     },
+    #[error("policy routing ({family:?}): {source}; init needs NET_ADMIN")]
+    Route {
+        family: Family,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("running {program}: {source}")]
     Spawn {
         program: String,
@@ -120,7 +137,16 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
             let program = Backend::Auto.restore(family);
             println!("# {program} --noflush <<EOF");
             print!("{}", rules::render(&cfg, family, ""));
+            if cfg.preserve_client_address {
+                print!("{}", rules::render_preserve(&cfg, "", ""));
+            }
             println!("# EOF");
+            if cfg.preserve_client_address {
+                println!("# policy routing, over netlink:");
+                for cmd in route::plan(family) {
+                    println!("# {cmd}");
+                }
+            }
         }
         return Ok(());
     }
@@ -136,6 +162,16 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
             "meshlite-proxy init: {} {family:?} rules in place ({backend:?} backend)",
             installed.len()
         );
+        if cfg.preserve_client_address {
+            let done =
+                route::install(family).map_err(|e| InitError::Route { family, source: e })?;
+            println!(
+                "meshlite-proxy init: {family:?} policy routing for client address preservation \
+                 in place (rule {}, route {})",
+                if done.rule_added { "added" } else { "kept" },
+                if done.route_added { "added" } else { "kept" },
+            );
+        }
     }
     Ok(())
 }
@@ -144,15 +180,28 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
 pub fn apply(backend: Backend, family: Family, cfg: &RuleConfig) -> Result<Vec<String>, InitError> {
     let save = backend.save(family);
     let current = backend::run(&save, &["-t", "nat"], None)?;
-    let text = rules::render(cfg, family, &current);
+    let mut text = rules::render(cfg, family, &current);
+    if cfg.preserve_client_address {
+        let raw = backend::run(&save, &["-t", "raw"], None)?;
+        let mangle = backend::run(&save, &["-t", "mangle"], None)?;
+        text.push_str(&rules::render_preserve(cfg, &raw, &mangle));
+    }
     // --wait: iptables-legacy takes a host-wide lock that a concurrent run may hold.
     backend::run(
         &backend.restore(family),
         &["--noflush", "--wait=10"],
         Some(&text),
     )?;
-    let after = backend::run(&save, &["-t", "nat"], None)?;
-    let installed = rules::our_rules(&after);
+    let mut installed = rules::our_rules(&backend::run(&save, &["-t", "nat"], None)?);
+    if cfg.preserve_client_address {
+        for table in ["raw", "mangle"] {
+            installed.extend(rules::our_rules(&backend::run(
+                &save,
+                &["-t", table],
+                None,
+            )?));
+        }
+    }
     tracing::info!(
         ?backend,
         ?family,

@@ -10,6 +10,9 @@
 //!   goes to the inbound port, except the admin port (kubelet probes) and the
 //!   skipped inbound ports.
 //!
+//! With client address preservation, two more chains of ours, in `raw` and
+//! `mangle`, come from [`render_preserve`].
+//!
 //! The text is applied with `--noflush`: declaring our chains flushes them, and
 //! the two jumps are only added when the current table lacks them, so running
 //! init twice leaves exactly one set of rules and touches nothing else.
@@ -22,6 +25,23 @@ use std::str::FromStr;
 pub const OUTPUT_CHAIN: &str = "MESHLITE_OUTPUT";
 /// Chain for inbound connections.
 pub const INBOUND_CHAIN: &str = "MESHLITE_INBOUND";
+/// `raw` chain of client address preservation: the conntrack zone.
+pub const RAW_CHAIN: &str = "MESHLITE_RAW";
+/// `mangle` chain of client address preservation: the marks.
+pub const MANGLE_CHAIN: &str = "MESHLITE_MANGLE";
+
+/// The mark of the proxy's transparent connections and of the app's replies
+/// to them: the proxy UID in hex, under a 12-bit mask, so other users of the
+/// mark keep the other bits.
+pub const PRESERVE_MARK: u32 = 0x836;
+pub const PRESERVE_MASK: u32 = 0xfff;
+/// The routing table holding `local default dev lo`.
+pub const ROUTE_TABLE: u32 = 2102;
+/// The policy rule's priority: after `local` (0), before `main` (32766).
+pub const ROUTE_PRIORITY: u32 = 32000;
+/// The conntrack zone of the original direction of the proxy's transparent
+/// connections (see `crate::client_addr` for the collision it prevents).
+pub const CONNTRACK_ZONE: u16 = 2102;
 
 /// IP family of a rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +116,9 @@ pub struct RuleConfig {
     pub skip_inbound_ports: Vec<u16>,
     pub skip_outbound_ports: Vec<u16>,
     pub skip_outbound_cidrs: Vec<Cidr>,
+    /// Also install the `raw` and `mangle` rules (and, in [`super::route`],
+    /// the policy routing) of client address preservation.
+    pub preserve_client_address: bool,
 }
 
 impl Default for RuleConfig {
@@ -108,6 +131,7 @@ impl Default for RuleConfig {
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),
+            preserve_client_address: false,
         }
     }
 }
@@ -194,6 +218,68 @@ pub fn render(cfg: &RuleConfig, family: Family, current_nat: &str) -> String {
     out
 }
 
+/// The jump from `raw`'s `OUTPUT` into [`RAW_CHAIN`].
+pub fn raw_jump() -> String {
+    format!("-A OUTPUT -p tcp -j {RAW_CHAIN}")
+}
+
+/// The jump from `mangle`'s `OUTPUT` into [`MANGLE_CHAIN`].
+pub fn mangle_jump() -> String {
+    format!("-A OUTPUT -p tcp -j {MANGLE_CHAIN}")
+}
+
+/// The `raw` and `mangle` tables of client address preservation, as
+/// `iptables-restore --noflush` input; `current_raw` and `current_mangle` are
+/// `iptables-save -t raw` / `-t mangle`, so jumps already there are not added.
+///
+/// A transparent connection of the proxy is one whose socket belongs to the
+/// proxy UID and whose source is not a local address: nothing else the proxy
+/// opens looks like that. For those:
+///
+/// - `raw`: the original direction goes into its own conntrack zone, so the
+///   proxy leg `client:P -> pod:app` never shares a tuple with a redirected
+///   connection from the same client (see `crate::client_addr`). The reply
+///   direction stays in the default zone, where the app's packets look it up.
+/// - `mangle`: the connection is marked; the app's replies get the mark back
+///   and are rerouted (the mark changed in `OUTPUT`) by the policy rule to
+///   `local default dev lo`, so they reach the proxy's socket instead of
+///   leaving the pod. Replies belong to an existing connection, so `nat`'s
+///   REDIRECT to the outbound port never sees them.
+pub fn render_preserve(cfg: &RuleConfig, current_raw: &str, current_mangle: &str) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        let _ = writeln!(out, "{s}");
+    };
+    let ours = format!(
+        "-p tcp -m owner --uid-owner {} -m addrtype ! --src-type LOCAL",
+        cfg.proxy_uid
+    );
+    let mark = format!("{PRESERVE_MARK:#x}/{PRESERVE_MASK:#x}");
+    for (table, chain, jump, current) in [
+        ("raw", RAW_CHAIN, raw_jump(), current_raw),
+        ("mangle", MANGLE_CHAIN, mangle_jump(), current_mangle),
+    ] {
+        line(format!("*{table}"));
+        line(format!(":{chain} - [0:0]"));
+        line(format!("-F {chain}"));
+        if table == "raw" {
+            line(format!(
+                "-A {chain} {ours} -j CT --zone-orig {CONNTRACK_ZONE}"
+            ));
+        } else {
+            line(format!("-A {chain} {ours} -j CONNMARK --set-xmark {mark}"));
+            line(format!(
+                "-A {chain} -p tcp -m connmark --mark {mark} -j CONNMARK --restore-mark --nfmask {PRESERVE_MASK:#x} --ctmask {PRESERVE_MASK:#x}"
+            ));
+        }
+        if !has_line(current, &jump) {
+            line(jump);
+        }
+        line("COMMIT".into());
+    }
+    out
+}
+
 fn has_line(text: &str, wanted: &str) -> bool {
     text.lines().any(|l| l.trim_end() == wanted)
 }
@@ -203,7 +289,12 @@ fn has_line(text: &str, wanted: &str) -> bool {
 pub fn our_rules(save_output: &str) -> Vec<String> {
     save_output
         .lines()
-        .filter(|l| l.starts_with("-A ") && (l.contains(OUTPUT_CHAIN) || l.contains(INBOUND_CHAIN)))
+        .filter(|l| {
+            l.starts_with("-A ")
+                && [OUTPUT_CHAIN, INBOUND_CHAIN, RAW_CHAIN, MANGLE_CHAIN]
+                    .iter()
+                    .any(|c| l.contains(c))
+        })
         .map(str::to_string)
         .collect()
 }
