@@ -1,4 +1,5 @@
-//! Per-pod settings read from annotations: inbound mode and the skip lists.
+//! Per-pod settings read from annotations: inbound mode, the skip lists and
+//! whether the app sees its clients' own addresses.
 //!
 //! Each setting is looked up on the pod first and on its namespace second (the
 //! pod wins, DESIGN.md section 3), then validated, so a typo in an annotation
@@ -15,8 +16,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use meshlite_contract::{
-    INJECT_LABEL, MODE_ANNOTATION, MODE_ENFORCED_ANNOTATION, Mode, SKIP_INBOUND_PORTS_ANNOTATION,
-    SKIP_OUTBOUND_CIDRS_ANNOTATION, SKIP_OUTBOUND_PORTS_ANNOTATION,
+    CLIENT_ADDRESS_ANNOTATION, INJECT_LABEL, MODE_ANNOTATION, MODE_ENFORCED_ANNOTATION, Mode,
+    SKIP_INBOUND_PORTS_ANNOTATION, SKIP_OUTBOUND_CIDRS_ANNOTATION, SKIP_OUTBOUND_PORTS_ANNOTATION,
 };
 
 /// Annotations of one object, as the Kubernetes types carry them.
@@ -30,6 +31,10 @@ pub struct PodSettings {
     pub skip_outbound_ports: Vec<u16>,
     /// CIDRs in canonical `addr/len` text, IPv4 and IPv6 mixed.
     pub skip_outbound_cidrs: Vec<String>,
+    /// `meshlite.io/client-address: preserve`: the inbound proxy connects to
+    /// the app from each client's own address (the sidecar then needs
+    /// CAP_NET_RAW, see sidecar.rs).
+    pub preserve_client_address: bool,
 }
 
 /// An annotation whose value cannot be used.
@@ -81,6 +86,7 @@ impl PodSettings {
             skip_inbound_ports: ports(SKIP_INBOUND_PORTS_ANNOTATION, pod, namespace)?,
             skip_outbound_ports: ports(SKIP_OUTBOUND_PORTS_ANNOTATION, pod, namespace)?,
             skip_outbound_cidrs: cidrs(SKIP_OUTBOUND_CIDRS_ANNOTATION, pod, namespace)?,
+            preserve_client_address: client_address(pod, namespace)?,
         })
     }
 }
@@ -184,6 +190,25 @@ fn items(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// `preserve` or `proxy` (the default: the app sees the pod's own address).
+fn client_address(pod: &Annotations, namespace: &Annotations) -> Result<bool, SettingsError> {
+    match lookup(CLIENT_ADDRESS_ANNOTATION, pod, namespace) {
+        None => Ok(false),
+        Some((value, src)) => match value.trim() {
+            "preserve" => Ok(true),
+            "proxy" => Ok(false),
+            _ => Err(error(
+                CLIENT_ADDRESS_ANNOTATION,
+                value,
+                src,
+                "expected \"preserve\" (the app sees each client's own address) or \"proxy\" \
+                 (the default: the app sees the pod's own address)"
+                    .into(),
+            )),
+        },
+    }
+}
+
 fn ports(
     key: &'static str,
     pod: &Annotations,
@@ -283,6 +308,22 @@ mod tests {
     }
 
     #[test]
+    fn client_address_is_off_unless_asked_for_and_the_pod_wins() {
+        let resolve = |pod: &[(&str, &str)], ns: &[(&str, &str)]| {
+            PodSettings::resolve(&ann(pod), &ann(ns), Mode::Permissive)
+                .unwrap()
+                .preserve_client_address
+        };
+        assert!(!resolve(&[], &[]));
+        assert!(resolve(&[(CLIENT_ADDRESS_ANNOTATION, "preserve")], &[]));
+        assert!(resolve(&[], &[(CLIENT_ADDRESS_ANNOTATION, " preserve ")]));
+        assert!(!resolve(
+            &[(CLIENT_ADDRESS_ANNOTATION, "proxy")],
+            &[(CLIENT_ADDRESS_ANNOTATION, "preserve")]
+        ));
+    }
+
+    #[test]
     fn lists_tolerate_spaces_blanks_and_duplicates() {
         let pod = ann(&[
             (SKIP_OUTBOUND_PORTS_ANNOTATION, " 5432, 6379,,5432 "),
@@ -308,6 +349,8 @@ mod tests {
             (SKIP_OUTBOUND_PORTS_ANNOTATION, "70000"),
             (SKIP_OUTBOUND_CIDRS_ANNOTATION, "10.0.0.0/33"),
             (SKIP_OUTBOUND_CIDRS_ANNOTATION, "10.0.0.0/8;rm -rf"),
+            (CLIENT_ADDRESS_ANNOTATION, "Preserve"),
+            (CLIENT_ADDRESS_ANNOTATION, "true"),
         ];
         for (key, value) in cases {
             let err =

@@ -56,6 +56,9 @@ pub fn init_container(cfg: &InjectorConfig, settings: &PodSettings) -> Container
         "--skip-outbound-cidrs",
         settings.skip_outbound_cidrs.clone(),
     );
+    if settings.preserve_client_address {
+        args.push("--preserve-client-address".into());
+    }
     Container {
         name: INIT_CONTAINER.into(),
         image: Some(cfg.image.clone()),
@@ -111,20 +114,7 @@ pub fn proxy_container(
         }),
         env: Some(env_vars(cfg, settings, app_probes)),
         resources: Some(resources(&cfg.proxy_resources)),
-        security_context: Some(SecurityContext {
-            run_as_user: Some(i64::from(PROXY_UID)),
-            run_as_group: Some(i64::from(PROXY_UID)),
-            run_as_non_root: Some(true),
-            privileged: Some(false),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                add: None,
-                drop: Some(vec!["ALL".into()]),
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..Default::default()
-        }),
+        security_context: Some(proxy_security_context(settings.preserve_client_address)),
         volume_mounts: Some(vec![
             mount(TOKEN_VOLUME, env::TOKEN_DIR),
             mount(TRUST_BUNDLE_VOLUME, env::TRUST_BUNDLE_DIR),
@@ -154,6 +144,39 @@ pub fn proxy_container(
         c.startup_probe = Some(admin_probe("/ready", 1, 120));
     }
     c
+}
+
+/// The proxy's securityContext. By default it runs as UID 2102 with no
+/// capability at all. Preserving client addresses needs `CAP_NET_RAW` for
+/// `IP_TRANSPARENT` on every inbound connection, and Kubernetes can hand a
+/// capability only to a root process (no ambient capabilities, and
+/// `allowPrivilegeEscalation: false` rules out file capabilities), so the
+/// container starts as UID 0 with exactly NET_RAW, SETUID and SETGID; the proxy
+/// switches itself to UID 2102 keeping only NET_RAW before it reads any input
+/// (proxy/src/privs.rs), and refuses to start if it cannot.
+fn proxy_security_context(preserve_client_address: bool) -> SecurityContext {
+    let (uid, add) = if preserve_client_address {
+        (
+            0,
+            Some(vec!["NET_RAW".into(), "SETUID".into(), "SETGID".into()]),
+        )
+    } else {
+        (i64::from(PROXY_UID), None)
+    };
+    SecurityContext {
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        run_as_non_root: Some(uid != 0),
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            add,
+            drop: Some(vec!["ALL".into()]),
+        }),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
 }
 
 /// The three volumes the proxy mounts.
@@ -247,6 +270,9 @@ fn env_vars(cfg: &InjectorConfig, settings: &PodSettings, app_probes: &AppProbes
             ..Default::default()
         },
     ];
+    if settings.preserve_client_address {
+        vars.push(value(env::PRESERVE_CLIENT_ADDRESS, "true".into()));
+    }
     if !app_probes.is_empty() {
         // A BTreeMap of plain strings and integers always serialises.
         let json = serde_json::to_string(app_probes).unwrap_or_default();

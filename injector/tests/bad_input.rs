@@ -121,6 +121,18 @@ async fn bad_skip_annotation_denies_with_the_annotation_named() {
 }
 
 #[tokio::test]
+async fn bad_client_address_annotation_denies_naming_both_values() {
+    let mut review = fixture("deployment_pod.json");
+    review["request"]["object"]["metadata"]["annotations"] =
+        json!({"meshlite.io/client-address": "keep"});
+    let (_, code, msg) = denial(answer(&serde_json::to_vec(&review).unwrap()).await);
+    assert_eq!(code, 400);
+    for part in ["meshlite.io/client-address", "keep", "preserve", "proxy"] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+}
+
+#[tokio::test]
 async fn reserved_volume_name_is_denied() {
     let mut review = fixture("deployment_pod.json");
     review["request"]["object"]["spec"]["volumes"] =

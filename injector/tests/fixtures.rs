@@ -298,3 +298,37 @@ async fn opted_out_and_host_network_pods_are_allowed_unchanged() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_pod_preserving_client_addresses_gets_a_root_start_with_net_raw_and_the_rules() {
+    let (_, pod) = inject("client_address_pod.json", InjectorConfig::default()).await;
+    let init = container(&pod, INIT_CONTAINER);
+    assert_eq!(
+        init.args.clone().unwrap(),
+        ["init", "--preserve-client-address"]
+    );
+    let proxy = container(&pod, PROXY_CONTAINER);
+    assert_eq!(
+        env_value(proxy, env::PRESERVE_CLIENT_ADDRESS).as_deref(),
+        Some("true")
+    );
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!((sc.run_as_user, sc.run_as_group), (Some(0), Some(0)));
+    assert_eq!(sc.run_as_non_root, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(
+        caps.add.clone().unwrap(),
+        ["NET_RAW", "SETUID", "SETGID"].map(String::from)
+    );
+    assert_eq!(caps.drop.clone().unwrap(), ["ALL"]);
+
+    // Without the annotation nothing of this appears.
+    let (_, plain) = inject("deployment_pod.json", InjectorConfig::default()).await;
+    let proxy = container(&plain, PROXY_CONTAINER);
+    assert_eq!(env_value(proxy, env::PRESERVE_CLIENT_ADDRESS), None);
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.capabilities.as_ref().unwrap().add, None);
+}

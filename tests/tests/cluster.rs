@@ -21,6 +21,8 @@
 
 // Without the path, this crate root's `mod helm;` would load tests/helm.rs,
 // the chart's template tests (a test crate of their own).
+#[path = "cluster/client_address.rs"]
+mod client_address;
 #[path = "cluster/helm.rs"]
 mod helm;
 #[path = "cluster/plugin.rs"]
@@ -104,6 +106,7 @@ fn scenarios(c: &Cluster) {
     let holder_started = Instant::now();
     injected_as_native_sidecars(c);
     untouched(c);
+    client_address::app_sees_the_client(c);
     plugin::proxies_and_identity(c);
     // The CA rotation runs from here to finish_rotation, under the traffic of
     // the scenarios between and of a client that connects every second.
@@ -764,7 +767,17 @@ spec:
       args: [hold, "server.mesh.svc.cluster.local:8080", "{HOLD_SECS}"]
 "#
     ));
-    c.wait_ready("mesh", &["client", "strict-server", "opted-out", "holder"]);
+    c.apply(client_address::POD);
+    c.wait_ready(
+        "mesh",
+        &[
+            "client",
+            "strict-server",
+            "opted-out",
+            "holder",
+            "preserver",
+        ],
+    );
     c.wait_ready("plain", &["outsider"]);
 }
 
