@@ -20,6 +20,7 @@
 //! while certd rotates the pair's certificates (`meshlite-soak`).
 
 pub mod held;
+pub mod measure;
 pub mod procs;
 pub mod report;
 pub mod soak;
