@@ -15,11 +15,15 @@
 //! each, so their RSS and CPU time can be read from `/proc`. The client and the
 //! server run in this process. See `benches/README.md` for the method.
 //!
+//! [`client_address`] is a harness of its own (`meshlite-bench-client-address`,
+//! root): the cost of client address preservation, between network namespaces.
 //! [`held`] measures RSS per held idle connection on fresh pairs.
 //! [`soak`] is apart from the suite: one long run of held and new connections
 //! while certd rotates the pair's certificates (`meshlite-soak`).
 
+pub mod client_address;
 pub mod held;
+pub mod measure;
 pub mod procs;
 pub mod report;
 pub mod soak;

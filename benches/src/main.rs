@@ -5,34 +5,19 @@
 use anyhow::Context;
 use clap::Parser;
 use meshlite_benches::held::{self, HeldSample};
+use meshlite_benches::measure::{PlanArgs, measure};
 use meshlite_benches::procs::{self, Pair, PairOptions, Setup, Usage};
 use meshlite_benches::report::{self, Sample};
-use meshlite_benches::workloads::{self, Rate};
+use meshlite_benches::workloads;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(about = "meshlite throughput, latency and churn against a plaintext baseline")]
 struct Args {
-    /// Repeats of the whole suite; each result is the median over repeats.
-    #[arg(long, default_value_t = 3)]
-    repeats: usize,
-    /// Bytes per bulk run (split over the streams).
-    #[arg(long, default_value_t = 2 << 30)]
-    bulk_bytes: u64,
-    /// Measured seconds per request/response run (after 1 s of warm-up).
-    #[arg(long, default_value_t = 5)]
-    rr_seconds: u64,
-    /// Measured seconds per churn run (after 1 s of warm-up).
-    #[arg(long, default_value_t = 3)]
-    churn_seconds: u64,
-    /// A short smoke run (small sizes, one repeat).
-    #[arg(long)]
-    quick: bool,
-    /// Only run workloads whose name contains this.
-    #[arg(long)]
-    only: Option<String>,
+    #[command(flatten)]
+    size: PlanArgs,
     /// Use X25519 only (no post-quantum hybrid) in the mTLS pair.
     #[arg(long)]
     classic_kx: bool,
@@ -55,103 +40,11 @@ struct Args {
     out: PathBuf,
 }
 
-const WARMUP: Duration = Duration::from_secs(1);
-
 struct Ctx {
     bin: PathBuf,
     ref_bin: PathBuf,
     dir: tempfile::TempDir,
     args: Args,
-}
-
-fn usage(pair: Option<&Pair>) -> Option<[Usage; 2]> {
-    pair.map(|p| [p.client.usage(), p.server.usage()])
-}
-
-fn delta(before: Option<[Usage; 2]>, pair: Option<&Pair>) -> Option<[Usage; 2]> {
-    let (b, a) = (before?, usage(pair)?);
-    let d = |b: &Usage, a: &Usage| Usage {
-        cpu_seconds: a.cpu_seconds - b.cpu_seconds,
-        rss_mib: a.rss_mib,
-        peak_rss_mib: a.peak_rss_mib,
-        anon_mib: a.anon_mib,
-    };
-    Some([d(&b[0], &a[0]), d(&b[1], &a[1])])
-}
-
-fn rate_sample(
-    workload: &str,
-    setup: Setup,
-    unit: &'static str,
-    r: Rate,
-    proxies: Option<[Usage; 2]>,
-) -> Sample {
-    Sample {
-        ops: Some(r.ops_total),
-        workload: workload.into(),
-        setup,
-        value: r.per_second,
-        unit,
-        p50_us: Some(r.latency.p50_us),
-        p99_us: Some(r.latency.p99_us),
-        p999_us: Some(r.latency.p999_us),
-        proxies,
-    }
-}
-
-/// Runs one workload under one setup, recording the proxies' resource use.
-async fn measure(
-    workload: &str,
-    setup: Setup,
-    entry: SocketAddr,
-    pair: Option<&Pair>,
-    args: &Args,
-) -> anyhow::Result<Sample> {
-    if let Some(p) = pair {
-        p.client.reset_peak();
-        p.server.reset_peak();
-    }
-    let before = usage(pair);
-    let rr = Duration::from_secs(args.rr_seconds);
-    let churn = Duration::from_secs(args.churn_seconds);
-    let sample = if let Some(n) = workload.strip_prefix("bulk s") {
-        let b = workloads::bulk(entry, n.parse()?, args.bulk_bytes).await?;
-        Sample {
-            workload: workload.into(),
-            setup,
-            value: b.gbit_per_s,
-            unit: "Gbit/s",
-            p50_us: None,
-            p99_us: None,
-            p999_us: None,
-            proxies: None,
-            ops: None,
-        }
-    } else if let Some(c) = workload.strip_prefix("rr c") {
-        let c = c.trim_end_matches(" pinned").parse()?;
-        rate_sample(
-            workload,
-            setup,
-            "req/s",
-            workloads::request_response(entry, c, WARMUP, rr).await?,
-            None,
-        )
-    } else if let Some(c) = workload.strip_prefix("churn c") {
-        let c = c.split(' ').next().unwrap_or("1").parse()?;
-        rate_sample(
-            workload,
-            setup,
-            "conn/s",
-            workloads::churn(entry, c, WARMUP, churn).await?,
-            None,
-        )
-    } else {
-        anyhow::bail!("unknown workload {workload}");
-    };
-    Ok(Sample {
-        proxies: delta(before, pair),
-        ..sample
-    })
 }
 
 fn start_pair(
@@ -239,9 +132,9 @@ fn unpinned(
             (Setup::Mtls, mtls.entry, Some(&mtls)),
             (Setup::Reference, refr.entry, Some(&refr)),
         ];
-        let wanted = |w: &str| ctx.args.only.as_deref().is_none_or(|o| w.contains(o));
-        for repeat in 0..ctx.args.repeats {
-            eprintln!("repeat {}/{}", repeat + 1, ctx.args.repeats);
+        let wanted = |w: &str| ctx.args.size.wanted(w);
+        for repeat in 0..ctx.args.size.repeats {
+            eprintln!("repeat {}/{}", repeat + 1, ctx.args.size.repeats);
             if wanted("held") {
                 held_run(ctx, &base, held).await?;
             }
@@ -252,7 +145,7 @@ fn unpinned(
                     continue;
                 }
                 for (setup, entry, pair) in setups {
-                    let s = measure(w, setup, entry, pair, &ctx.args)
+                    let s = measure(w, setup, entry, pair, &ctx.args.size.plan())
                         .await
                         .with_context(|| format!("{w} {}", setup.name()))?;
                     eprintln!("  {w:>10} {:>11}: {:.2} {}", setup.name(), s.value, s.unit);
@@ -279,7 +172,7 @@ fn unpinned(
                     if !wanted(name) {
                         continue;
                     }
-                    let s = measure(name, setup, entry, pair, &ctx.args).await?;
+                    let s = measure(name, setup, entry, pair, &ctx.args.size.plan()).await?;
                     eprintln!(
                         "  {name:>10} {:>11}: {:.0} {}",
                         setup.name(),
@@ -298,7 +191,7 @@ fn unpinned(
 /// cross-core wake-ups, leaving the proxies' own added latency.
 fn pinned(ctx: &Ctx, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
     let w = "rr c1 pinned";
-    if ctx.args.only.as_deref().is_some_and(|o| !w.contains(o)) {
+    if !ctx.args.size.wanted(w) {
         return Ok(());
     }
     let bin = ctx.bin.clone();
@@ -323,14 +216,14 @@ fn pinned(ctx: &Ctx, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
             let mtls = Pair::start(&bin, &dir, Setup::Mtls, server, &opts)?;
             let refr = Pair::start_reference(&ref_bin, &dir, server, &opts)?;
             let mut out = Vec::new();
-            for _ in 0..args.repeats {
+            for _ in 0..args.size.repeats {
                 for (setup, entry, pair) in [
                     (Setup::Direct, server, None),
                     (Setup::PlainRelay, plain.entry, Some(&plain)),
                     (Setup::Mtls, mtls.entry, Some(&mtls)),
                     (Setup::Reference, refr.entry, Some(&refr)),
                 ] {
-                    let s = measure(w, setup, entry, pair, &args).await?;
+                    let s = measure(w, setup, entry, pair, &args.size.plan()).await?;
                     eprintln!(
                         "  {w} {:>11}: p50 {:?} µs p99 {:?} µs",
                         setup.name(),
@@ -351,11 +244,8 @@ fn pinned(ctx: &Ctx, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    if args.quick {
-        args.repeats = 1;
-        args.bulk_bytes = 64 << 20;
-        args.rr_seconds = 1;
-        args.churn_seconds = 1;
+    args.size = args.size.quickened();
+    if args.size.quick {
         args.held = Some(args.held.unwrap_or(500));
     }
     // The held workload: this process holds the client and the echo server
@@ -403,29 +293,18 @@ fn main() -> anyhow::Result<()> {
             c.rss_mib, c.anon_mib, s.rss_mib, s.anon_mib
         );
     }
+    let mut config = ctx.args.size.json();
+    config["classic_kx"] = ctx.args.classic_kx.into();
     let json = serde_json::json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "loadavg": { "before": load_before.trim(), "after": load_after.trim() },
-        "config": {
-            "repeats": ctx.args.repeats, "bulk_bytes": ctx.args.bulk_bytes,
-            "rr_seconds": ctx.args.rr_seconds, "churn_seconds": ctx.args.churn_seconds,
-            "classic_kx": ctx.args.classic_kx,
-        },
+        "config": config,
         "idle": idle.iter().map(|(s, u)| serde_json::json!({"setup": s, "client": u[0], "server": u[1]})).collect::<Vec<_>>(),
         "summary": summary,
         "samples": samples,
         "held_summary": held_summary,
         "held_samples": held_samples,
     });
-    if let Some(parent) = Path::new(&ctx.args.out).parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&ctx.args.out, serde_json::to_string_pretty(&json)?)?;
-    std::fs::write(ctx.args.out.with_extension("md"), &table)?;
-    eprintln!(
-        "wrote {} and {}",
-        ctx.args.out.display(),
-        ctx.args.out.with_extension("md").display()
-    );
+    report::write_results(&ctx.args.out, &json, &table)?;
     Ok(())
 }

@@ -16,6 +16,9 @@ pub enum Setup {
     Mtls,
     /// The reference: a plain tokio-rustls mTLS relay pair (`meshlite-ref-relay`).
     Reference,
+    /// The mTLS pair with client address preservation on, in network
+    /// namespaces (`meshlite-bench-client-address` starts it, not [`Pair::start`]).
+    MtlsPreserve,
 }
 
 impl Setup {
@@ -25,6 +28,7 @@ impl Setup {
             Setup::PlainRelay => "plain relay",
             Setup::Mtls => "mtls",
             Setup::Reference => "reference relay",
+            Setup::MtlsPreserve => "mtls, address preserved",
         }
     }
 }

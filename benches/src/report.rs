@@ -45,7 +45,8 @@ pub struct Summary {
     pub repeats: usize,
 }
 
-fn median_f(mut v: Vec<f64>) -> f64 {
+/// The median (the upper one of an even count; NaN when empty).
+pub fn median_f(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -125,6 +126,36 @@ pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
         }
     }
     out
+}
+
+/// Writes `json` to `out` and `md` beside it (`.md`), creating the folder,
+/// and says where.
+pub fn write_results(
+    out: &std::path::Path,
+    json: &impl serde::Serialize,
+    md: &str,
+) -> anyhow::Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(json)?)?;
+    std::fs::write(out.with_extension("md"), md)?;
+    eprintln!(
+        "wrote {} and {}",
+        out.display(),
+        out.with_extension("md").display()
+    );
+    Ok(())
+}
+
+/// Starts a Markdown table: the header row and the alignment row, the first
+/// column left-aligned and the others right-aligned.
+pub fn header(t: &mut String, columns: &[&str]) {
+    let _ = writeln!(t, "| {} |", columns.join(" | "));
+    let align: Vec<&str> = (0..columns.len())
+        .map(|i| if i == 0 { "---" } else { "---:" })
+        .collect();
+    let _ = writeln!(t, "| {} |", align.join(" | "));
 }
 
 /// A Markdown table of the summaries.

@@ -4,8 +4,9 @@
 //! nothing is reported as a mean.
 
 use hdrhistogram::Histogram;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,33 +37,61 @@ fn pattern() -> Arc<Vec<u8>> {
     Arc::new(p)
 }
 
-/// Starts the server every workload talks to, and returns its address.
+/// Starts the server every workload talks to, on loopback, and returns its
+/// address. See [`serve`].
+pub async fn start_server() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(serve(l, None));
+    Ok(addr)
+}
+
+/// The peer addresses a server saw, a count per IP: how the client-address
+/// benchmark checks that each path is the one it claims to measure.
+#[derive(Debug, Default)]
+pub struct Peers(Mutex<BTreeMap<IpAddr, u64>>);
+
+impl Peers {
+    fn record(&self, ip: IpAddr) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(ip)
+            .or_default() += 1;
+    }
+
+    /// The addresses seen since the last call, with their connection counts.
+    pub fn take(&self) -> BTreeMap<IpAddr, u64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Serves every workload on `l`, recording each connection's peer in `peers`.
 ///
 /// A connection whose first byte is [`RR_MARK`] is request/response (64-byte
 /// requests, 1 KiB answers); any other is bulk: the pattern is verified and, at
 /// EOF, the server answers `[count: u64 LE][ok: u8]`.
-pub async fn start_server() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
+pub async fn serve(l: TcpListener, peers: Option<Arc<Peers>>) {
     let pat = pattern();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let pat = pat.clone();
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let mut first = [0u8; 1];
-                if s.read_exact(&mut first).await.is_err() {
-                    return;
-                }
-                if first[0] == RR_MARK {
-                    rr_server(s).await;
-                } else {
-                    bulk_sink(s, first[0], pat).await;
-                }
-            });
+    while let Ok((mut s, peer)) = l.accept().await {
+        if let Some(p) = &peers {
+            p.record(peer.ip());
         }
-    });
-    Ok(addr)
+        let pat = pat.clone();
+        tokio::spawn(async move {
+            let _ = s.set_nodelay(true);
+            let mut first = [0u8; 1];
+            if s.read_exact(&mut first).await.is_err() {
+                return;
+            }
+            if first[0] == RR_MARK {
+                rr_server(s).await;
+            } else {
+                bulk_sink(s, first[0], pat).await;
+            }
+        });
+    }
 }
 
 async fn bulk_sink(mut s: TcpStream, first: u8, pat: Arc<Vec<u8>>) {

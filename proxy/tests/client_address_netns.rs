@@ -81,36 +81,11 @@ fn init(ns: &Netns, args: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The PEM credential flags for the credentials in `creds`.
-fn add_creds(cmd: &mut std::process::Command, creds: &Path) {
-    for (flag, file) in [
-        ("--cert", "cert.pem"),
-        ("--key", "key.pem"),
-        ("--trust-bundle", "bundle.pem"),
-    ] {
-        cmd.arg(flag).arg(creds.join(file));
-    }
-}
-
-/// The proxy started as the injector starts it with preservation on: root,
-/// bounding set NET_RAW + SETUID + SETGID, no inheritable capabilities,
-/// no_new_privs.
+/// The proxy started as the injector starts it with preservation on
+/// ([`netns::container_root_command`]).
 fn spawn_as_container_root(ns: &Netns, creds: &Path, extra: &[&str]) -> Child {
-    let mut cmd = ns.command("setpriv");
-    cmd.args([
-        "--no-new-privs",
-        "--inh-caps=-all",
-        "--bounding-set=-all,+net_raw,+setuid,+setgid",
-        BIN,
-        "run",
-        "--admin-listen",
-        "0.0.0.0:15020",
-    ]);
-    add_creds(&mut cmd, creds);
-    cmd.args(extra)
-        .env("RUST_LOG", "meshlite_proxy=debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit());
+    let mut cmd = netns::container_root_command(ns, BIN, creds, extra);
+    cmd.env("RUST_LOG", "meshlite_proxy=debug");
     Child(cmd.spawn().expect("spawning the proxy"))
 }
 
@@ -384,7 +359,7 @@ fn a_proxy_without_net_raw_refuses_to_start_and_says_why() {
         "--no-outbound",
         "--preserve-client-address",
     ]);
-    add_creds(&mut cmd, &creds);
+    cmd.args(netns::creds_args(&creds));
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -6,6 +6,7 @@
 
 use clap::Parser;
 use meshlite_benches::procs;
+use meshlite_benches::report;
 use meshlite_benches::soak::{self, Plan};
 use meshlite_contract::duration::parse as parse_duration;
 use std::path::PathBuf;
@@ -91,16 +92,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let report = rt.block_on(soak::run(&bin, plan))?;
     let md = soak::render(&report.summary);
     println!("\n{md}");
-    if let Some(parent) = args.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
-    std::fs::write(args.out.with_extension("md"), &md)?;
-    eprintln!(
-        "wrote {} and {}",
-        args.out.display(),
-        args.out.with_extension("md").display()
-    );
+    report::write_results(&args.out, &report, &md)?;
     Ok(if report.summary.passed {
         ExitCode::SUCCESS
     } else {

@@ -13,24 +13,32 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Panics unless the process is root and every tool in `tools` is on PATH.
-pub fn require_root_and(tools: &[&str]) {
+/// Whether the process is root and every tool in `tools` is on PATH; the
+/// error names what is missing. For callers that report errors rather than
+/// panic (the client-address benchmark); tests use [`require_root_and`].
+pub fn check_root_and(tools: &[&str]) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test needs root (network namespaces and iptables); CI runs it as root"
-    );
+    if euid != 0 {
+        return Err("needs root (network namespaces and iptables)".into());
+    }
     for tool in tools {
         let found = Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
             .output()
             .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "this test needs `{tool}` on PATH (.ci/run installs it)"
-        );
+        if !found {
+            return Err(format!("needs `{tool}` on PATH"));
+        }
+    }
+    Ok(())
+}
+
+/// Panics unless the process is root and every tool in `tools` is on PATH.
+pub fn require_root_and(tools: &[&str]) {
+    if let Err(e) = check_root_and(tools) {
+        panic!("this test {e}; CI runs it as root, and .ci/run installs the tools");
     }
 }
 
@@ -98,15 +106,22 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
+        let name = self.name.clone();
         std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-            // SAFETY: setns on a valid namespace fd affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            enter(&name);
             f()
         })
     }
+}
+
+/// Joins the calling thread to the namespace named `name`, for good: sockets
+/// it creates from then on live there (for a runtime's `on_thread_start`).
+pub fn enter(name: &str) {
+    let path = format!("/run/netns/{name}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    // SAFETY: setns on a valid namespace fd affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
 }
 
 /// Connects two namespaces with a veth pair named `eth0` in both, addressed
@@ -192,30 +207,67 @@ pub fn write_creds(ca: &super::TestCa, dir: &std::path::Path, id: &str) {
     sh(&format!("chmod -R a+rX {}", dir.display()));
 }
 
-/// Runs the proxy binary `bin` in `ns` as the proxy UID, with PEM credentials
-/// from `creds` (see [`write_creds`]), the admin port on 15020, and `extra`
-/// flags.
-pub fn spawn_proxy(ns: &Netns, bin: &str, creds: &std::path::Path, extra: &[&str]) -> Child {
-    let uid = meshlite_contract::PROXY_UID;
+/// The proxy's PEM credential flags for the credentials in `creds` (see
+/// [`write_creds`]).
+pub fn creds_args(creds: &std::path::Path) -> Vec<String> {
+    [
+        ("--cert", "cert.pem"),
+        ("--key", "key.pem"),
+        ("--trust-bundle", "bundle.pem"),
+    ]
+    .into_iter()
+    .flat_map(|(flag, file)| [flag.to_string(), creds.join(file).display().to_string()])
+    .collect()
+}
+
+/// `setpriv <privs> bin run` in `ns`, with PEM credentials from `creds`, the
+/// admin port on 15020, and `extra` flags; stdout discarded, stderr inherited.
+fn setpriv_run(
+    ns: &Netns,
+    privs: &[&str],
+    bin: &str,
+    creds: &std::path::Path,
+    extra: &[&str],
+) -> Command {
     let mut cmd = ns.command("setpriv");
-    cmd.args([
-        &format!("--reuid={uid}"),
-        &format!("--regid={uid}"),
-        "--clear-groups",
-        bin,
-        "run",
-        "--cert",
-        &creds.join("cert.pem").display().to_string(),
-        "--key",
-        &creds.join("key.pem").display().to_string(),
-        "--trust-bundle",
-        &creds.join("bundle.pem").display().to_string(),
-        "--admin-listen",
-        "0.0.0.0:15020",
-    ]);
-    cmd.args(extra)
-        .env("RUST_LOG", "meshlite_proxy=debug")
+    cmd.args(privs)
+        .args([bin, "run", "--admin-listen", "0.0.0.0:15020"])
+        .args(creds_args(creds))
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit());
+    cmd
+}
+
+/// `bin run` in `ns` as the proxy UID (see [`setpriv_run`]).
+pub fn proxy_command(ns: &Netns, bin: &str, creds: &std::path::Path, extra: &[&str]) -> Command {
+    let uid = meshlite_contract::PROXY_UID;
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    setpriv_run(ns, &[&reuid, &regid, "--clear-groups"], bin, creds, extra)
+}
+
+/// `bin run` in `ns` as the injector starts it with client address
+/// preservation on: root, bounding set NET_RAW + SETUID + SETGID, no
+/// inheritable capabilities, no_new_privs (the proxy then switches itself to
+/// the proxy UID). Otherwise as [`proxy_command`].
+pub fn container_root_command(
+    ns: &Netns,
+    bin: &str,
+    creds: &std::path::Path,
+    extra: &[&str],
+) -> Command {
+    let privs = [
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all,+net_raw,+setuid,+setgid",
+    ];
+    setpriv_run(ns, &privs, bin, creds, extra)
+}
+
+/// Runs the proxy binary `bin` in `ns` as the proxy UID ([`proxy_command`]),
+/// logging at debug.
+pub fn spawn_proxy(ns: &Netns, bin: &str, creds: &std::path::Path, extra: &[&str]) -> Child {
+    let mut cmd = proxy_command(ns, bin, creds, extra);
+    cmd.env("RUST_LOG", "meshlite_proxy=debug");
     Child(cmd.spawn().expect("spawning the proxy"))
 }
