@@ -173,14 +173,7 @@ fn seen(pods: &Pods, server_ip: IpAddr, port: u16) -> SocketAddr {
 
 /// Capabilities and user of a process, from /proc.
 fn status(pid: u32) -> (String, String) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
+    let field = |name: &str| netns::proc_status_field(pid, name).unwrap();
     (field("Uid:"), field("CapEff:"))
 }
 

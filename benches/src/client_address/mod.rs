@@ -330,17 +330,18 @@ fn mesh(
 
 /// The real UID and effective capabilities of `pid`, from /proc.
 fn uid_and_caps(pid: u32) -> anyhow::Result<(u32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    let field = |name: &str| -> anyhow::Result<String> {
+        let value = netns::proc_status_field(pid, name).map_err(anyhow::Error::msg)?;
+        // The real UID is the first of `Uid:`'s four.
+        Ok(value
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string())
     };
     Ok((
         field("Uid:")?.parse()?,
-        u64::from_str_radix(field("CapEff:")?, 16)?,
+        u64::from_str_radix(&field("CapEff:")?, 16)?,
     ))
 }
 

@@ -124,6 +124,18 @@ pub fn enter(name: &str) {
     assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
 }
 
+/// Field `name` (with its colon, e.g. `"Uid:"`, `"CapEff:"`) of
+/// `/proc/PID/status`, trimmed: how the netns tests and the client-address
+/// benchmark check the user and capabilities a proxy ended up with.
+pub fn proc_status_field(pid: u32, name: &str) -> Result<String, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| format!("no {name} in {path}"))
+}
+
 /// Connects two namespaces with a veth pair named `eth0` in both, addressed
 /// `a_addr` and `b_addr` (CIDR notation, IPv4 or IPv6, one or more each).
 pub fn link(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) {

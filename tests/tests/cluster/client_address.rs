@@ -7,6 +7,7 @@
 //! CAP_NET_RAW.
 
 use super::{Cluster, id, metric};
+use meshlite_proxy::testing::netns::proc_status_field;
 use serde_json::Value;
 
 /// The preserving server, applied with the other workloads.
@@ -177,18 +178,20 @@ fn proxy_process(ns: &str, pod: &str) -> (String, u64) {
         };
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
         if want.iter().all(|w| vars.contains(&w.as_bytes())) {
-            found.push(std::fs::read_to_string(dir.join("status")).unwrap());
+            found.extend(
+                entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|p| p.parse::<u32>().ok()),
+            );
         }
     }
-    assert_eq!(found.len(), 1, "proxy processes of {ns}/{pod}: {found:?}");
-    let field = |name: &str| {
-        found[0]
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in {}", found[0]))
-            .trim()
-            .to_string()
-    };
+    assert_eq!(
+        found.len(),
+        1,
+        "proxy processes of {ns}/{pod}: pids {found:?}"
+    );
+    let field = |name: &str| proc_status_field(found[0], name).unwrap();
     let cap_eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
     (field("Uid:"), cap_eff)
 }
