@@ -1148,10 +1148,18 @@ spec:
     c.wait_ready("mesh", &["duo-a", "duo-b", "mixed-meshed", "mixed-plain"]);
     let mut answered_by = std::collections::BTreeSet::new();
     for service in ["duo", "mixed"] {
+        let target = format!("{service}.mesh.svc.cluster.local:8080");
+        // The Service is as new as its pods: kube-proxy and certd's naming
+        // index learn it shortly after the pods are Ready, and until then a
+        // connection through the client's proxy is refused (one cold CI run
+        // saw `Connection reset by peer` on the first call). Wait for one
+        // answer; the 16 counted calls below must then all succeed.
+        eventually(&format!("{service} answers a first call"), 30, || {
+            c.call("mesh", "client", &target, "naming-warmup")
+        });
         // Both backends must have answered: with kube-proxy's random choice,
         // 16 calls miss one of two with probability 2^-15.
         for i in 0..16 {
-            let target = format!("{service}.mesh.svc.cluster.local:8080");
             let answer = c
                 .call("mesh", "client", &target, &format!("naming-{i}"))
                 .unwrap_or_else(|e| panic!("client -> {service}: {e}"));
