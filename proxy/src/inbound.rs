@@ -8,7 +8,6 @@
 
 use crate::client_addr::connect_app;
 use crate::detect::{Detection, MAX_DETECT_BYTES, detect};
-use crate::io::Prefixed;
 use crate::metrics::Direction;
 use crate::proxy::{ConnLog, Ctx, resolve_target};
 use crate::tls::{handshake_failure_reason, verify::check_identity};
@@ -108,12 +107,12 @@ async fn mesh(tcp: TcpStream, prefix: Vec<u8>, target: SocketAddr, ctx: &Ctx, lo
         tracing::warn!(client = %log.client, "no valid workload certificate: refusing mTLS");
         return;
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
     let accepted = tokio::time::timeout(
         ctx.config.timeouts.handshake,
-        acceptor.accept(Prefixed::new(prefix, tcp)),
+        crate::tls::stream::accept(tls.server.clone(), tcp, &prefix),
     )
     .await;
+    drop(prefix);
     let stream = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

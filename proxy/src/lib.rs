@@ -22,7 +22,6 @@ pub mod detect;
 pub mod identity_client;
 pub mod inbound;
 pub mod init;
-pub mod io;
 pub mod metrics;
 pub mod naming;
 pub mod orig_dst;

@@ -114,11 +114,10 @@ pub(crate) async fn handle(tcp: TcpStream, client: SocketAddr, listener: SocketA
     let Some(upstream) = connect(target, ctx, DIR).await else {
         return;
     };
-    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
     let server_name = ServerName::IpAddress(target.ip().into());
     let handshake = tokio::time::timeout(
         ctx.config.timeouts.handshake,
-        connector.connect(server_name, upstream),
+        crate::tls::stream::connect(tls.client.clone(), server_name, upstream),
     )
     .await;
     let failure = match handshake {

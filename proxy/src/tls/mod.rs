@@ -6,8 +6,12 @@
 //! - Mutual authentication with SPIFFE identities ([`verify`]).
 //! - Credentials are swapped live ([`creds`]): each new handshake uses the newest
 //!   validated credentials; established connections keep theirs.
+//! - Mesh connections run on rustls's unbuffered API ([`stream`]), so an idle
+//!   connection holds no TLS buffer; the identity client, which is not on the
+//!   data path, uses tokio-rustls.
 
 pub mod creds;
+pub mod stream;
 pub mod verify;
 
 pub use creds::{CredError, CredStore, Credentials, Roles, TlsConfigs};
