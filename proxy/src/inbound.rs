@@ -112,6 +112,7 @@ async fn mesh(tcp: TcpStream, prefix: Vec<u8>, target: SocketAddr, ctx: &Ctx, lo
         crate::tls::stream::accept(tls.server.clone(), tcp, &prefix),
     )
     .await;
+    // The handshake copied it; a held connection's task must not keep it.
     drop(prefix);
     let stream = match accepted {
         Ok(Ok(s)) => s,

@@ -97,12 +97,11 @@ where
     let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
     let mut stream = TlsStream::new(io, conn);
     if !prefix.is_empty() {
-        let room = stream
-            .rx
-            .room(prefix.len(), 0)
-            .ok_or_else(|| invalid(rustls::Error::General("oversized first flight".into())))?;
-        room[..prefix.len()].copy_from_slice(prefix);
-        stream.rx.end += prefix.len();
+        write_into(&mut stream.rx, prefix.len(), |room| {
+            room[..prefix.len()].copy_from_slice(prefix);
+            Ok(prefix.len())
+        })
+        .map_err(invalid)?;
     }
     poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
@@ -262,12 +261,7 @@ where
                     None
                 }
                 ConnectionState::EncodeTlsData(mut enc) => {
-                    write_into(tx, 512, |room| {
-                        enc.encode(room).map_err(|e| match e {
-                            EncodeError::InsufficientSize(s) => Short::Needs(s.required_size),
-                            e => Short::Failed(e.to_string()),
-                        })
-                    })?;
+                    write_into(tx, 512, |room| enc.encode(room).map_err(Short::from))?;
                     None
                 }
                 ConnectionState::TransmitTlsData(t) => {
@@ -343,12 +337,8 @@ where
             tx.end += n;
         }
         rx.consume(discard);
-        while !self.tx.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, self.tx.filled()) {
-                Poll::Ready(Ok(n)) if n > 0 => self.tx.consume(n),
-                _ => break,
-            }
-        }
+        // Best effort: what the socket takes now, nothing waited for.
+        let _ = self.poll_flush_tx(cx);
         self.tx.clear();
         invalid(e)
     }
@@ -434,6 +424,15 @@ enum Short {
     Failed(String),
 }
 
+impl From<EncodeError> for Short {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::InsufficientSize(s) => Short::Needs(s.required_size),
+            e => Short::Failed(e.to_string()),
+        }
+    }
+}
+
 impl From<EncryptError> for Short {
     fn from(e: EncryptError) -> Self {
         match e {
@@ -443,18 +442,18 @@ impl From<EncryptError> for Short {
     }
 }
 
-/// Lets `write` put records at the end of `tx`, starting with room for
+/// Lets `write` put bytes at the end of `buf`, starting with room for
 /// `need` bytes and giving more whenever it asks for more.
 fn write_into(
-    tx: &mut Bytes,
+    buf: &mut Bytes,
     mut need: usize,
     mut write: impl FnMut(&mut [u8]) -> Result<usize, Short>,
 ) -> Result<(), rustls::Error> {
     loop {
-        let room = tx.room(need, 0).ok_or_else(too_large)?;
+        let room = buf.room(need, 0).ok_or_else(too_large)?;
         match write(room) {
             Ok(n) => {
-                tx.end += n;
+                buf.end += n;
                 return Ok(());
             }
             Err(Short::Needs(required)) if required > need => need = required,
@@ -508,29 +507,23 @@ where
                 // waits for a write. A broken write side is the next
                 // write's error.
                 Ok(Step::Transmit) => match this.poll_flush_tx(cx) {
-                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Ok(())) => continue,
                     Poll::Ready(Err(e)) => {
                         this.tx.clear();
                         this.write_error = Some(e);
+                        continue;
                     }
-                    Poll::Pending => {
-                        if buf.filled().len() > start || this.read_closed {
-                            return Poll::Ready(Ok(()));
-                        }
-                        if ready!(this.poll_fill_rx(cx))? == 0 {
-                            return Poll::Ready(Err(truncated()));
-                        }
-                    }
+                    // Everything received is processed: read on.
+                    Poll::Pending => {}
                 },
                 Ok(Step::Closed) => return Poll::Ready(Ok(())),
-                Ok(Step::Read | Step::Done(_)) => {
-                    if buf.filled().len() > start || this.read_closed {
-                        return Poll::Ready(Ok(()));
-                    }
-                    if ready!(this.poll_fill_rx(cx))? == 0 {
-                        return Poll::Ready(Err(truncated()));
-                    }
-                }
+                Ok(Step::Read | Step::Done(_)) => {}
+            }
+            if buf.filled().len() > start || this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            if ready!(this.poll_fill_rx(cx))? == 0 {
+                return Poll::Ready(Err(truncated()));
             }
         }
     }
