@@ -249,6 +249,13 @@ impl Cluster {
 
     /// `kubectl apply --server-side` of a manifest given inline.
     fn apply(&self, yaml: &str) {
+        if let Err(e) = self.try_apply(yaml) {
+            panic!("kubectl apply refused:\n{yaml}\n{e}");
+        }
+    }
+
+    /// [`Cluster::apply`], returning kubectl's error instead of failing.
+    fn try_apply(&self, yaml: &str) -> Result<(), String> {
         let args = [
             "apply",
             "--server-side",
@@ -258,11 +265,11 @@ impl Cluster {
             "-",
         ];
         let out = self.with_stdin(&args, yaml);
-        assert!(
-            out.status.success(),
-            "kubectl apply refused:\n{yaml}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// `kubectl create --dry-run=server` of a manifest: the object as the API

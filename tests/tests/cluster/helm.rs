@@ -152,7 +152,18 @@ spec:
     - {{name: app, image: meshlite.io/testapp:dev, imagePullPolicy: Never}}
 "#
     ));
-    c.apply(&yaml);
+    // The injector's pods are Ready, but the API server calls the webhook
+    // through its Service, which kube-proxy may not route yet (a run saw
+    // `connect: connection refused` here): only that refusal is retried.
+    eventually(
+        "the injector's webhook answers through its Service",
+        60,
+        || match c.try_apply(&yaml) {
+            Err(e) if e.contains("failed calling webhook") => Err(e),
+            Err(e) => panic!("kubectl apply refused:\n{yaml}\n{e}"),
+            Ok(()) => Ok(()),
+        },
+    );
     c.wait_ready(NS, &["server", "client"]);
     let pod = c.json(&["-n", NS, "get", "pod", "client"]);
     let proxy = pod["spec"]["initContainers"]
