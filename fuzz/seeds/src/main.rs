@@ -15,6 +15,7 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 fn main() -> Result {
     let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../corpus");
     client_hellos(&corpus.join("detect"))?;
+    tls_stream(&corpus.join("tls_stream"))?;
     text_seeds(&corpus)?;
     csrs(&corpus)?;
     admission_reviews(&corpus.join("admission_review"))?;
@@ -95,6 +96,40 @@ fn client_hellos(dir: &Path) -> Result {
     )?;
     write(dir, "http", "GET /ready HTTP/1.1\r\nHost: app\r\n\r\n")?;
     write(dir, "ssh", "SSH-2.0-OpenSSH_9.6\r\n")?;
+    Ok(())
+}
+
+/// `tls_stream` inputs: a case byte, a piece-size seed, then the case's bytes
+/// (fuzz_targets/tls_stream.rs).
+fn tls_stream(dir: &Path) -> Result {
+    let post_quantum = client_hello(&[b"meshlite/1"], false, true)?;
+    let mut server = vec![0, 7];
+    server.extend_from_slice(&post_quantum);
+    write(dir, "server_client_hello", &server)?;
+    let mut reframed = vec![0, 200];
+    reframed.extend_from_slice(&reframe(&post_quantum, 512));
+    write(dir, "server_client_hello_in_records_of_512", &reframed)?;
+    // What a client reads back: a ClientHello is no ServerHello.
+    let mut client = vec![1, 3];
+    client.extend_from_slice(&post_quantum);
+    write(dir, "client_reads_a_client_hello", &client)?;
+    // The wire: flip offset (u16 LE; 0xffff or a zero mask: none), mask, and
+    // how many bytes the client sends (u16 LE).
+    let wire = |seed: u8, flip: u16, mask: u8, len: u16| {
+        let mut v = vec![2, seed];
+        v.extend_from_slice(&flip.to_le_bytes());
+        v.push(mask);
+        v.extend_from_slice(&len.to_le_bytes());
+        v
+    };
+    write(dir, "wire_intact", wire(9, u16::MAX, 0, 20_000))?;
+    write(dir, "wire_flip_in_client_hello", wire(30, 100, 0x80, 1_000))?;
+    write(
+        dir,
+        "wire_flip_in_a_record_header",
+        wire(30, 6, 0x01, 1_000),
+    )?;
+    write(dir, "wire_flip_in_data", wire(255, 9_000, 0x10, 30_000))?;
     Ok(())
 }
 
