@@ -102,25 +102,26 @@ fn client_hellos(dir: &Path) -> Result {
 /// `tls_stream` inputs: a case byte, a piece-size seed, then the case's bytes
 /// (fuzz_targets/tls_stream.rs).
 fn tls_stream(dir: &Path) -> Result {
+    let input = |case: u8, seed: u8, body: &[u8]| [&[case, seed][..], body].concat();
     let post_quantum = client_hello(&[b"meshlite/1"], false, true)?;
-    let mut server = vec![0, 7];
-    server.extend_from_slice(&post_quantum);
-    write(dir, "server_client_hello", &server)?;
-    let mut reframed = vec![0, 200];
-    reframed.extend_from_slice(&reframe(&post_quantum, 512));
-    write(dir, "server_client_hello_in_records_of_512", &reframed)?;
+    write(dir, "server_client_hello", input(0, 7, &post_quantum))?;
+    write(
+        dir,
+        "server_client_hello_in_records_of_512",
+        input(0, 200, &reframe(&post_quantum, 512)),
+    )?;
     // What a client reads back: a ClientHello is no ServerHello.
-    let mut client = vec![1, 3];
-    client.extend_from_slice(&post_quantum);
-    write(dir, "client_reads_a_client_hello", &client)?;
+    write(
+        dir,
+        "client_reads_a_client_hello",
+        input(1, 3, &post_quantum),
+    )?;
     // The wire: flip offset (u16 LE; 0xffff or a zero mask: none), mask, and
     // how many bytes the client sends (u16 LE).
     let wire = |seed: u8, flip: u16, mask: u8, len: u16| {
-        let mut v = vec![2, seed];
-        v.extend_from_slice(&flip.to_le_bytes());
-        v.push(mask);
-        v.extend_from_slice(&len.to_le_bytes());
-        v
+        let [f0, f1] = flip.to_le_bytes();
+        let [l0, l1] = len.to_le_bytes();
+        input(2, seed, &[f0, f1, mask, l0, l1])
     };
     write(dir, "wire_intact", wire(9, u16::MAX, 0, 20_000))?;
     write(dir, "wire_flip_in_client_hello", wire(30, 100, 0x80, 1_000))?;
